@@ -1,0 +1,312 @@
+"""The GPT: classic GPT-2 (LayerNorm, GELU, learned positions) and a modern variant (RMSNorm, SwiGLU, RoPE).
+
+Shipped to the Hub as remote code: imports nothing but torch, transformers and its sibling config.
+"""
+
+import math
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import GenerationMixin, PreTrainedModel
+from transformers import initialization as init
+from transformers.cache_utils import Cache, DynamicCache
+from transformers.masking_utils import create_causal_mask
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+from .configuration_gpt import GPTConfig
+
+
+def eager_attention_forward(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
+    """Plain softmax attention, the reference the fused kernels are checked against."""
+    att = torch.matmul(query, key.transpose(2, 3)) * scaling  # (B, nh, T, S)
+    if attention_mask is not None:
+        att = att + attention_mask
+    att = F.softmax(att, dim=-1, dtype=torch.float32).to(query.dtype)
+    att = F.dropout(att, p=dropout, training=module.training)
+    out = torch.matmul(att, value).transpose(1, 2).contiguous()  # (B, T, nh, hs)
+    return out, att
+
+
+class GPTRMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x):
+        # normalise in fp32 like Llama so that bf16 training and the native export agree
+        dtype = x.dtype
+        x = x.float()
+        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x.to(dtype)
+
+
+def make_norm(config: GPTConfig) -> nn.Module:
+    if config.norm == "rmsnorm":
+        return GPTRMSNorm(config.n_embd, config.layer_norm_epsilon)
+    return nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon, bias=config.bias)
+
+
+class GPTRotaryEmbedding(nn.Module):
+    """cos/sin tables for RoPE in the rotate-half convention, so the weights match Llama's."""
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.config = config
+        self.register_buffer("inv_freq", self.compute_inv_freq(), persistent=False)
+
+    def compute_inv_freq(self) -> torch.Tensor:
+        dim = self.config.head_dim
+        return 1.0 / (self.config.rope_theta ** (torch.arange(0, dim, 2, dtype=torch.float) / dim))
+
+    @torch.no_grad()
+    def forward(self, x, position_ids):
+        freqs = position_ids[..., None].float() * self.inv_freq.to(x.device)  # (B, T, hs/2)
+        emb = torch.cat((freqs, freqs), dim=-1)  # (B, T, hs)
+        return emb.cos().to(x.dtype), emb.sin().to(x.dtype)
+
+
+def rotate_half(x):
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def apply_rotary(q, k, cos, sin):
+    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)  # broadcast over heads
+    return q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
+
+
+class GPTAttention(nn.Module):
+    def __init__(self, config: GPTConfig, layer_idx: int):
+        super().__init__()
+        self.config = config
+        self.layer_idx = layer_idx
+        self.head_dim = config.head_dim
+        self.scaling = self.head_dim**-0.5
+        self.is_causal = True
+        # q, k, v for all heads in one matmul
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.c_proj.is_residual_projection = True
+        self.resid_dropout = nn.Dropout(config.dropout)
+
+    def forward(self, hidden_states, attention_mask=None, position_embeddings=None, past_key_values=None, **kwargs):
+        B, T, C = hidden_states.shape
+        q, k, v = self.c_attn(hidden_states).view(B, T, 3, self.config.n_head, self.head_dim).unbind(2)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, nh, T, hs)
+        if position_embeddings is not None:
+            q, k = apply_rotary(q, k, *position_embeddings)
+        if past_key_values is not None:
+            k, v = past_key_values.update(k, v, self.layer_idx)  # (B, nh, S, hs) with S = past + T
+
+        attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
+            self.config._attn_implementation, eager_attention_forward
+        )
+        y, att = attention_interface(
+            self, q, k, v, attention_mask,
+            dropout=self.config.dropout if self.training else 0.0, scaling=self.scaling, **kwargs,
+        )
+        y = y.reshape(B, T, C)
+        return self.resid_dropout(self.c_proj(y)), att
+
+
+class GPTMLP(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.swiglu = config.mlp == "swiglu"
+        # SwiGLU computes its gate and up projections in one matmul: c_fc = [gate; up]
+        n_out = 2 * config.n_inner if self.swiglu else config.n_inner
+        self.c_fc = nn.Linear(config.n_embd, n_out, bias=config.bias)
+        self.c_proj = nn.Linear(config.n_inner, config.n_embd, bias=config.bias)
+        self.c_proj.is_residual_projection = True
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x):
+        h = self.c_fc(x)
+        if self.swiglu:
+            gate, up = h.chunk(2, dim=-1)
+            h = F.silu(gate) * up
+        else:
+            h = F.gelu(h, approximate="tanh")  # GPT-2's "gelu_new"
+        return self.dropout(self.c_proj(h))
+
+
+class GPTBlock(GradientCheckpointingLayer):
+    def __init__(self, config: GPTConfig, layer_idx: int):
+        super().__init__()
+        self.ln_1 = make_norm(config)
+        self.attn = GPTAttention(config, layer_idx)
+        self.ln_2 = make_norm(config)
+        self.mlp = GPTMLP(config)
+
+    def forward(self, hidden_states, attention_mask=None, position_embeddings=None, past_key_values=None, **kwargs):
+        attn_out, _ = self.attn(
+            self.ln_1(hidden_states), attention_mask=attention_mask,
+            position_embeddings=position_embeddings, past_key_values=past_key_values, **kwargs,
+        )
+        hidden_states = hidden_states + attn_out
+        return hidden_states + self.mlp(self.ln_2(hidden_states))
+
+
+class GPTPreTrainedModel(PreTrainedModel):
+    config_class = GPTConfig
+    config: GPTConfig
+    base_model_prefix = "transformer"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["GPTBlock"]
+    _skip_keys_device_placement = ["past_key_values"]
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
+    _can_compile_fullgraph = True
+
+    @torch.no_grad()
+    def _init_weights(self, module):
+        # GPT-2's scheme: N(0, 0.02) everywhere, residual projections scaled by 1/sqrt(2 * n_layer)
+        std = self.config.initializer_range
+        if isinstance(module, nn.Linear):
+            if getattr(module, "is_residual_projection", False):
+                std = std / math.sqrt(2 * self.config.n_layer)
+            init.normal_(module.weight, mean=0.0, std=std)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            init.normal_(module.weight, mean=0.0, std=std)
+        elif isinstance(module, (nn.LayerNorm, GPTRMSNorm)):
+            init.ones_(module.weight)
+            if getattr(module, "bias", None) is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, GPTRotaryEmbedding):
+            init.copy_(module.inv_freq, module.compute_inv_freq())
+
+
+class GPTModel(GPTPreTrainedModel):
+    def __init__(self, config: GPTConfig):
+        super().__init__(config)
+        self.wte = nn.Embedding(config.padded_vocab_size, config.n_embd)
+        if config.position_embedding == "learned":
+            self.wpe = nn.Embedding(config.n_positions, config.n_embd)
+        else:
+            self.rotary_emb = GPTRotaryEmbedding(config)
+        self.drop = nn.Dropout(config.dropout)
+        self.h = nn.ModuleList([GPTBlock(config, i) for i in range(config.n_layer)])
+        self.ln_f = make_norm(config)
+        self.gradient_checkpointing = False
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.wte
+
+    def set_input_embeddings(self, new_embeddings):
+        self.wte = new_embeddings
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        use_cache: bool | None = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPast:
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("pass exactly one of input_ids or inputs_embeds")
+        if inputs_embeds is None:
+            inputs_embeds = self.wte(input_ids)  # (B, T, C)
+        use_cache = use_cache if use_cache is not None else self.config.use_cache
+        if self.gradient_checkpointing and self.training:
+            use_cache = False
+        if use_cache and past_key_values is None:
+            past_key_values = DynamicCache(config=self.config)
+        if position_ids is None:
+            past = past_key_values.get_seq_length() if past_key_values is not None else 0
+            position_ids = torch.arange(past, past + inputs_embeds.shape[1], device=inputs_embeds.device)[None]
+        if position_ids.max() >= self.config.n_positions and self.config.position_embedding == "learned":
+            raise ValueError(
+                f"position {int(position_ids.max())} is beyond n_positions={self.config.n_positions}; "
+                f"the sequence (with its cache) must be at most {self.config.n_positions} tokens"
+            )
+
+        mask = create_causal_mask(
+            config=self.config,
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            past_key_values=past_key_values,
+            position_ids=position_ids,
+        )
+        x = inputs_embeds
+        position_embeddings = None
+        if self.config.position_embedding == "learned":
+            x = x + self.wpe(position_ids)
+        else:
+            position_embeddings = self.rotary_emb(x, position_ids)
+        x = self.drop(x)
+        for block in self.h:
+            x = block(
+                x, attention_mask=mask, position_embeddings=position_embeddings,
+                past_key_values=past_key_values if use_cache else None, **kwargs,
+            )
+        return BaseModelOutputWithPast(last_hidden_state=self.ln_f(x), past_key_values=past_key_values if use_cache else None)
+
+
+class GPTForCausalLM(GPTPreTrainedModel, GenerationMixin):
+    _tied_weights_keys = {"lm_head.weight": "transformer.wte.weight"}
+
+    def __init__(self, config: GPTConfig):
+        super().__init__(config)
+        self.transformer = GPTModel(config)
+        self.lm_head = nn.Linear(config.n_embd, config.padded_vocab_size, bias=False)
+        self.post_init()
+
+    def get_output_embeddings(self):
+        return self.lm_head
+
+    def set_output_embeddings(self, new_embeddings):
+        self.lm_head = new_embeddings
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        **kwargs,
+    ) -> CausalLMOutputWithPast:
+        out = self.transformer(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+            past_key_values=past_key_values, inputs_embeds=inputs_embeds, use_cache=use_cache, **kwargs,
+        )
+        h = out.last_hidden_state
+        keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
+        # the padded vocabulary rows exist only for speed: they are never scored or sampled
+        logits = self.lm_head(h[:, keep, :])[..., : self.config.vocab_size]  # (B, T, vocab_size)
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
+        return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=out.past_key_values)
+
+    def to_hf_native(self):
+        """The same weights as transformers' own GPT2LMHeadModel (classic) or LlamaForCausalLM (modern)."""
+        from .convert import to_hf_native
+
+        return to_hf_native(self)
+
+    @classmethod
+    def from_gpt2(cls, model_or_path, **kwargs):
+        """Our model from transformers' GPT2LMHeadModel (an object or a folder/Hub id such as OpenAI's `gpt2`)."""
+        from .convert import from_gpt2
+
+        return from_gpt2(model_or_path, **kwargs)
+
+
+__all__ = ["GPTPreTrainedModel", "GPTModel", "GPTForCausalLM"]
