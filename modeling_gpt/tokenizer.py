@@ -31,7 +31,7 @@ def _from_vocab_merges(vocab: dict, merges: list) -> GPT2TokenizerFast:
     )
 
 
-def _from_tiktoken() -> GPT2TokenizerFast:
+def gpt2_tokenizer_from_tiktoken() -> GPT2TokenizerFast:
     """Rebuild vocab.json / merges.txt from tiktoken's GPT-2 ranks (cached offline via TIKTOKEN_CACHE_DIR)."""
     import tiktoken
 
@@ -58,8 +58,9 @@ def gpt2_tokenizer(path: str | os.PathLike | None = None) -> GPT2TokenizerFast:
     """GPT-2's tokenizer (50257 ids, `<|endoftext|>` = 50256).
 
     path: a folder holding `vocab.json` + `merges.txt` (e.g. `../shared/data/gpt2-tokenizer`) or a
-    saved tokenizer, or a Hub id. With None: the Hub's `openai-community/gpt2`, and when that cannot
-    be reached, tiktoken's `gpt2` encoding (offline with `TIKTOKEN_CACHE_DIR`).
+    saved tokenizer, or a Hub id. With None: the Hub's `openai-community/gpt2` if it is in the local
+    cache, else tiktoken's `gpt2` encoding (cached, e.g. `TIKTOKEN_CACHE_DIR`, or downloaded; it
+    fails fast offline), else the Hub.
     """
     if path is not None:
         folder = Path(path)
@@ -70,6 +71,10 @@ def gpt2_tokenizer(path: str | os.PathLike | None = None) -> GPT2TokenizerFast:
             return _from_vocab_merges(vocab, merges)
         return AutoTokenizer.from_pretrained(str(path))
     try:
-        return AutoTokenizer.from_pretrained(HUB_ID)
+        return AutoTokenizer.from_pretrained(HUB_ID, local_files_only=True)
     except OSError:
-        return _from_tiktoken()
+        pass
+    try:
+        return gpt2_tokenizer_from_tiktoken()
+    except Exception:  # tiktoken had no cached copy and could not download one
+        return AutoTokenizer.from_pretrained(HUB_ID)
