@@ -223,14 +223,14 @@ class GPTModel(GPTPreTrainedModel):
             use_cache = self.config.use_cache and not self.training
         if use_cache and past_key_values is None:
             past_key_values = DynamicCache(config=self.config)
-        if position_ids is None:
-            past = past_key_values.get_seq_length() if past_key_values is not None else 0
-            position_ids = torch.arange(past, past + inputs_embeds.shape[1], device=inputs_embeds.device)[None]
-        if position_ids.max() >= self.config.n_positions and self.config.position_embedding == "learned":
+        past = past_key_values.get_seq_length() if past_key_values is not None else 0
+        # checked on shapes, not on position values: reading a tensor here would sync the GPU every step
+        if past + inputs_embeds.shape[1] > self.config.n_positions and self.config.position_embedding == "learned":
             raise ValueError(
-                f"position {int(position_ids.max())} is beyond n_positions={self.config.n_positions}; "
-                f"the sequence (with its cache) must be at most {self.config.n_positions} tokens"
+                f"{past + inputs_embeds.shape[1]} tokens (cache included) exceed n_positions={self.config.n_positions}"
             )
+        if position_ids is None:
+            position_ids = torch.arange(past, past + inputs_embeds.shape[1], device=inputs_embeds.device)[None]
 
         mask = create_causal_mask(
             config=self.config,
