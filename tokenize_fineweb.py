@@ -1,0 +1,435 @@
+"""Stream FineWeb-Edu (or any text dataset) through a tokenizer into token shards.
+
+    gpt-tokenize --output data/fineweb10B                        # HuggingFaceFW/fineweb-edu sample-10BT, GPT-2
+    gpt-tokenize --dataset ../shared/data/fineweb-edu-mini --name sample-10BT --output data/mini --shard-size 100000
+    gpt-tokenize --data-files a.parquet b.jsonl --output data/mine --train-tokenizer --vocab-size 16384
+
+Every document is preceded by the end-of-text token. The first --val-tokens tokens form the val
+split, the rest the train split, in shards of --shard-size tokens (see token_shards.py for the
+format). Killed at any moment, the same command continues from the last complete shard and
+produces byte-identical shards.
+"""
+
+import copy
+import json
+import os
+import shutil
+import sys
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+import token_shards
+from token_shards import MANIFEST, TOKENIZER_DIR, token_dtype, write_json_atomic, write_shard
+
+EOT_TEXT = "<|endoftext|>"
+DOCS_PER_TASK = 64  # documents per unit of work handed to an encoder thread
+FORMATS = {".parquet": "parquet", ".jsonl": "jsonl", ".json": "jsonl", ".txt": "text"}
+
+
+class TokenizeError(ValueError):
+    """Bad input from the user: the message says what was wrong and what is accepted."""
+
+
+@dataclass
+class TokenizeArguments:
+    output: str = field(metadata={"help": "Folder for the shards, manifest.json and tokenizer/."})
+    dataset: str = field(default="HuggingFaceFW/fineweb-edu", metadata={"help": "Hub dataset id or a local folder laid out like one."})
+    name: str | None = field(default="sample-10BT", metadata={"help": "Dataset configuration name (FineWeb-Edu: sample-10BT, sample-100BT, ...)."})
+    split: str = field(default="train", metadata={"help": "Dataset split to read."})
+    data_files: list[str] | None = field(default=None, metadata={"help": "Local .parquet / .jsonl / .txt files to read instead of --dataset (a .txt file is one document)."})
+    text_column: str = field(default="text", metadata={"help": "Column holding the document text."})
+    tokenizer: str = field(default="gpt2", metadata={"help": "'gpt2' (tiktoken) or the path / Hub id of a Hugging Face tokenizer."})
+    train_tokenizer: bool = field(default=False, metadata={"help": "Train a byte-level BPE on the first --tokenizer-train-docs documents and use it."})
+    vocab_size: int = field(default=32768, metadata={"help": "Vocabulary size for --train-tokenizer (end-of-text included)."})
+    tokenizer_train_docs: int = field(default=100_000, metadata={"help": "Documents to train the tokenizer on (--train-tokenizer)."})
+    shard_size: int = field(default=100_000_000, metadata={"help": "Tokens per shard."})
+    val_tokens: int | None = field(default=None, metadata={"help": "The first this many tokens form the val split (default: one shard; 0: no val split)."})
+    max_tokens: int | None = field(default=None, metadata={"help": "Stop after this many tokens."})
+    max_docs: int | None = field(default=None, metadata={"help": "Stop after this many documents."})
+    workers: int = field(default=0, metadata={"help": "Encoder threads (0: one per available core)."})
+    overwrite: bool = field(default=False, metadata={"help": "Start over when --output holds a run with other settings."})
+
+
+def _check_args(args: TokenizeArguments) -> None:
+    positive = {"shard_size": args.shard_size, "vocab_size": args.vocab_size, "tokenizer_train_docs": args.tokenizer_train_docs,
+                "max_tokens": args.max_tokens, "max_docs": args.max_docs}
+    for name, value in positive.items():
+        if value is not None and value < 1:
+            raise TokenizeError(f"--{name.replace('_', '-')} {value}: expected a positive integer")
+    if args.val_tokens is not None and args.val_tokens < 0:
+        raise TokenizeError(f"--val-tokens {args.val_tokens}: expected 0 or a positive integer")
+    if args.workers < 0:
+        raise TokenizeError(f"--workers {args.workers}: expected 0 (all cores) or a positive integer")
+    if args.train_tokenizer and args.tokenizer != "gpt2":
+        raise TokenizeError(f"--train-tokenizer trains a new tokenizer; it cannot be combined with --tokenizer {args.tokenizer}")
+    if args.train_tokenizer and args.vocab_size < 257:
+        raise TokenizeError(f"--vocab-size {args.vocab_size}: a byte-level BPE needs at least 257 ids (256 bytes + end-of-text)")
+    for path in args.data_files or []:
+        if Path(path).suffix not in FORMATS:
+            raise TokenizeError(f"--data-files {path}: unsupported extension; accepted: {', '.join(FORMATS)}")
+        if not Path(path).is_file():
+            raise TokenizeError(f"--data-files {path}: no such file")
+    if args.data_files and len({FORMATS[Path(p).suffix] for p in args.data_files}) > 1:
+        raise TokenizeError(f"--data-files mixes formats ({', '.join(args.data_files)}); give files of one format")
+
+
+# -- the source ------------------------------------------------------------------------------------
+
+def _jsonl_records(files):
+    # our own reader: bytes that are not UTF-8 become U+FFFD instead of failing the whole file
+    for path in files:
+        with open(path, "rb") as f:
+            for line in f:
+                if line.strip():
+                    yield json.loads(line.decode("utf-8", errors="replace"))
+
+
+def load_source(args: TokenizeArguments):
+    """A streaming datasets.IterableDataset holding only the text column."""
+    import datasets
+
+    if args.data_files:
+        fmt = FORMATS[Path(args.data_files[0]).suffix]
+        if fmt == "jsonl":
+            ds = datasets.IterableDataset.from_generator(_jsonl_records, gen_kwargs={"files": list(args.data_files)})
+        elif fmt == "text":
+            ds = datasets.load_dataset("text", data_files=list(args.data_files), split="train", streaming=True,
+                                       sample_by="document", encoding_errors="replace")
+        else:
+            ds = datasets.load_dataset("parquet", data_files=list(args.data_files), split="train", streaming=True)
+    else:
+        ds = datasets.load_dataset(args.dataset, name=args.name, split=args.split, streaming=True)
+    columns = ds.column_names or list(next(iter(ds), {}).keys())
+    if args.text_column not in columns:
+        raise TokenizeError(f"--text-column {args.text_column!r} is not in the data; columns present: {', '.join(columns) or 'none'}")
+    return ds.select_columns([args.text_column])
+
+
+def _clean(text):
+    """None for what is not a document (non-strings, empty); lone surrogates become U+FFFD."""
+    if not isinstance(text, str) or not text:
+        return None
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")  # what tiktoken itself does
+    return text
+
+
+# -- tokenizers ------------------------------------------------------------------------------------
+
+class Encoder:
+    """texts -> (tokens with EOT before each document, tokens per text); None texts give 0 tokens."""
+
+    def __init__(self, backend, eot_id: int, dtype):
+        self.backend, self.eot_id, self.dtype = backend, eot_id, dtype
+        self._tiktoken = not hasattr(backend, "encode_batch_fast")
+
+    def __call__(self, texts):
+        docs = [t for t in texts if t is not None]
+        if self._tiktoken:
+            ids = [self.backend.encode_to_numpy(t, disallowed_special=()) for t in docs]  # == encode_ordinary
+        else:
+            ids = [np.asarray(e.ids, dtype=np.uint32) for e in self.backend.encode_batch_fast(docs, add_special_tokens=False)]
+        lens = np.zeros(len(texts), dtype=np.int64)
+        lens[[i for i, t in enumerate(texts) if t is not None]] = [a.size + 1 for a in ids]
+        out = np.empty(int(lens.sum()), dtype=self.dtype)
+        pos = 0
+        for a in ids:
+            out[pos] = self.eot_id
+            out[pos + 1:pos + 1 + a.size] = a
+            pos += a.size + 1
+        return out, lens
+
+
+def _hf_backend(hf_tokenizer):
+    """A copy of the fast tokenizer's Rust core that reads '<|endoftext|>' in text as plain text, like tiktoken."""
+    from tokenizers import Tokenizer
+
+    backend = Tokenizer.from_str(hf_tokenizer.backend_tokenizer.to_str())
+    backend.encode_special_tokens = True
+    return backend
+
+
+def _load_hf_tokenizer(name: str):
+    folder = Path(name)
+    if (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file() \
+            and not (folder / "tokenizer.json").is_file() and not (folder / "tokenizer_config.json").is_file():
+        from modeling_gpt.tokenizer import gpt2_tokenizer
+
+        return gpt2_tokenizer(folder)  # a bare GPT-2-style vocab.json + merges.txt
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(name)
+    except (OSError, ValueError) as e:
+        raise TokenizeError(f"--tokenizer {name}: cannot load a Hugging Face tokenizer from it ({e}); "
+                            "give 'gpt2', a tokenizer folder or a Hub id") from e
+    if not tok.is_fast:
+        raise TokenizeError(f"--tokenizer {name}: only fast (Rust) tokenizers are supported")
+    return tok
+
+
+def _eot_id(hf_tokenizer, name) -> int:
+    eot = hf_tokenizer.convert_tokens_to_ids(EOT_TEXT) if EOT_TEXT in hf_tokenizer.get_vocab() else hf_tokenizer.eos_token_id
+    if eot is None:
+        raise TokenizeError(f"--tokenizer {name}: it has neither {EOT_TEXT!r} nor an eos token to separate documents")
+    return int(eot)
+
+
+def train_bpe(ds, args: TokenizeArguments):
+    """A byte-level BPE (GPT-2's pre-tokenizer) trained on the first documents of the stream."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    def texts():
+        n = 0
+        for batch in ds.iter(batch_size=DOCS_PER_TASK):
+            for text in map(_clean, batch[args.text_column]):
+                if text is not None and n < args.tokenizer_train_docs:
+                    n += 1
+                    yield text
+            if n >= args.tokenizer_train_docs:
+                return
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=args.vocab_size, special_tokens=[EOT_TEXT],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    bpe.train_from_iterator(texts(), trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token=EOT_TEXT, eos_token=EOT_TEXT)
+
+
+def prepare_tokenizer(args, out: Path, ds, resume_hash):
+    """Save the tokenizer to out/tokenizer/ (or reuse the one a resumed run saved); return (info, Encoder)."""
+    tok_dir = out / TOKENIZER_DIR
+    if resume_hash is not None:
+        hf = token_shards.load_tokenizer(out)
+        if token_shards.tokenizer_hash(hf) != resume_hash:
+            raise TokenizeError(f"{tok_dir} does not match the tokenizer hash in {out / MANIFEST}; use --overwrite to start over")
+    elif args.train_tokenizer:
+        hf = train_bpe(ds, args)
+    elif args.tokenizer == "gpt2":
+        from modeling_gpt.tokenizer import gpt2_tokenizer
+
+        hf = gpt2_tokenizer()
+    else:
+        hf = _load_hf_tokenizer(args.tokenizer)
+    if resume_hash is None:
+        tmp = out / (TOKENIZER_DIR + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        hf.save_pretrained(str(tmp))
+        shutil.rmtree(tok_dir, ignore_errors=True)
+        os.replace(tmp, tok_dir)
+
+    name = f"trained-bpe-{args.vocab_size}" if args.train_tokenizer else args.tokenizer
+    eot_id, vocab_size = _eot_id(hf, name), len(hf)
+    dtype = token_dtype(vocab_size)
+    if args.tokenizer == "gpt2" and not args.train_tokenizer:
+        import tiktoken
+
+        backend = tiktoken.get_encoding("gpt2")  # same ids as the saved GPT-2 tokenizer, ~5x faster
+    else:
+        backend = _hf_backend(hf)
+    info = {"name": name, "hash": token_shards.tokenizer_hash(hf), "backend": "tiktoken" if not hasattr(backend, "encode_batch_fast") else "tokenizers",
+            "path": TOKENIZER_DIR}
+    return info, vocab_size, eot_id, Encoder(backend, eot_id, dtype)
+
+
+# -- the run ---------------------------------------------------------------------------------------
+
+def _source_and_config(args: TokenizeArguments):
+    source = {"dataset": None if args.data_files else args.dataset, "name": None if args.data_files else args.name,
+              "split": None if args.data_files else args.split, "data_files": args.data_files, "text_column": args.text_column}
+    config = {k: v for k, v in asdict(args).items() if k not in source and k not in ("output", "workers", "overwrite")}
+    config["val_tokens"] = args.shard_size if args.val_tokens is None else args.val_tokens
+    return source, config
+
+
+def _start_or_resume(args, out: Path, source, config):
+    """The manifest to continue from (None: start fresh), after checking it belongs to this command."""
+    if not (out / MANIFEST).is_file():
+        return None
+    manifest = token_shards.read_manifest(out)
+    if manifest.get("source") == source and manifest.get("config") == config:
+        return manifest
+    if not args.overwrite:
+        diff = sorted(k for k in set(config) | set(source)
+                      if {**manifest.get("source", {}), **manifest.get("config", {})}.get(k) != {**source, **config}.get(k))
+        raise TokenizeError(f"{out} holds a run with other settings ({', '.join(diff)} differ); "
+                            "repeat its command to resume it, pick another --output, or pass --overwrite")
+    for shard in manifest.get("shards", []):
+        (out / shard["file"]).unlink(missing_ok=True)
+    (out / MANIFEST).unlink()
+    return None
+
+
+def _records(ds, column, resume):
+    """(dataset state before the batch, record index of that state, index of the batch's first record, texts)."""
+    state, state_record, skip = None, 0, 0
+    if resume is not None:
+        state, state_record = resume["dataset_state"], resume["state_record"]
+        skip = resume["record"] - state_record
+        if state is not None:
+            ds.load_state_dict(copy.deepcopy(state))
+    first = state_record
+    for batch in ds.iter(batch_size=DOCS_PER_TASK):
+        texts = batch[column]
+        if skip:
+            drop = min(skip, len(texts))
+            texts, skip = texts[drop:], skip - drop
+            first += drop
+        if texts:
+            yield state, state_record, first, texts
+        first += len(texts)
+        state, state_record = copy.deepcopy(ds.state_dict()), first
+
+
+def run(args: TokenizeArguments) -> dict:
+    """Tokenize the source into args.output; return the final manifest plus timings."""
+    t_start = time.perf_counter()
+    _check_args(args)
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in out.glob("*.tmp"):
+        if stale.is_dir():
+            shutil.rmtree(stale)
+        else:
+            stale.unlink()
+    source, config = _source_and_config(args)
+    manifest = _start_or_resume(args, out, source, config)
+    if manifest is not None and manifest["stream"]["complete"]:
+        print(f"{out} is already complete ({manifest['stream']['tokens']:,} tokens); nothing to do", file=sys.stderr)
+        return manifest
+    ds = load_source(args)
+    tok_info, vocab_size, eot_id, encoder = prepare_tokenizer(args, out, ds, manifest and manifest["tokenizer"]["hash"])
+    if manifest is None:
+        manifest = {"format": "gpt-token-shards", "version": token_shards.VERSION, "source": source, "config": config,
+                    "tokenizer": tok_info, "vocab_size": vocab_size, "eot_id": eot_id, "dtype": encoder.dtype.name,
+                    "shards": [], "stream": {"records": 0, "documents": 0, "skipped": 0, "tokens": 0, "complete": False,
+                                             "stop_reason": None, "resume": None}}
+        write_json_atomic(out / MANIFEST, manifest)
+    stream = manifest["stream"]
+    resume = stream["resume"]
+    val_tokens, max_tokens = config["val_tokens"], args.max_tokens
+    n_shards = {split: sum(s["split"] == split for s in manifest["shards"]) for split in ("val", "train")}
+    tokens_done = stream["tokens"]  # in complete shards
+
+    def new_buffer():  # the shard being filled; its size follows from the global token position
+        size = min(args.shard_size, val_tokens - tokens_done) if tokens_done < val_tokens else args.shard_size
+        return np.empty(size, dtype=encoder.dtype)
+
+    def flush(tokens, cut, skipped, records):
+        nonlocal tokens_done
+        split = "val" if tokens_done < val_tokens else "train"
+        name = f"{split}_{n_shards[split]:06d}.bin"
+        sha = write_shard(out / name, tokens)
+        n_shards[split] += 1
+        docs = int(np.count_nonzero(tokens == eot_id))  # every document starts with an EOT
+        manifest["shards"].append({"file": name, "split": split, "tokens": int(tokens.size), "docs": docs, "sha256": sha})
+        tokens_done += int(tokens.size)
+        stream.update(tokens=tokens_done, documents=stream["documents"] + docs, skipped=skipped, records=records, resume=cut)
+        write_json_atomic(out / MANIFEST, manifest)  # after the shard: a kill in between only redoes that shard
+
+    buf, fill = new_buffer(), 0
+    lead = resume["offset"] if resume else 0  # tokens of the first record already in earlier shards
+    skipped_base = stream["skipped"]  # skipped records before the current batch
+    docs_seen = stream["documents"] - (1 if lead else 0)  # documents handed to the encoder so far
+    records_read = stream["records"]
+    stopped = max_tokens is not None and tokens_done >= max_tokens  # killed right after the last shard
+    stop_reason = "max_tokens" if stopped else "end_of_data"
+    workers = args.workers or len(os.sched_getaffinity(0))
+    bar = tqdm(total=max_tokens, initial=tokens_done, unit="tok", unit_scale=True, dynamic_ncols=True, desc="tokenize")
+    t_stream = time.perf_counter()
+    records = _records(ds, args.text_column, resume)
+    pending, exhausted = deque(), False
+    with ThreadPoolExecutor(workers) as pool:
+        while not stopped:
+            # keep every encoder thread busy, a couple of batches ahead
+            while not exhausted and len(pending) < 2 * workers:
+                item = next(records, None)
+                if item is None:
+                    exhausted = True
+                    break
+                state, state_record, first, texts = item
+                texts = [_clean(t) for t in texts]
+                if args.max_docs is not None:
+                    idx = [i for i, t in enumerate(texts) if t is not None]
+                    room = args.max_docs - docs_seen
+                    if len(idx) >= room:  # end the stream right after document number --max-docs
+                        texts = texts[:idx[room - 1] + 1] if room > 0 else []
+                        exhausted, stop_reason = True, "max_docs"
+                docs_seen += sum(t is not None for t in texts)
+                pending.append((state, state_record, first, texts, pool.submit(encoder, texts)))
+            if not pending:
+                break
+            state, state_record, first, texts, future = pending.popleft()
+            tokens, lens = future.result()
+            if lead:
+                tokens, lens[0] = tokens[lead:], lens[0] - lead
+            ends = np.cumsum(lens)  # where each record's tokens end inside `tokens`
+            pos = 0
+            while True:
+                room = buf.size - fill
+                if max_tokens is not None:
+                    room = min(room, max_tokens - tokens_done - fill)
+                take = min(room, tokens.size - pos)
+                buf[fill:fill + take] = tokens[pos:pos + take]
+                fill, pos = fill + take, pos + take
+                bar.update(take)
+                at_max = max_tokens is not None and tokens_done + fill == max_tokens
+                if fill < buf.size and not at_max:
+                    break  # the batch is used up and the shard is not full
+                # the shard is full: cut the stream right after token `pos` of this batch
+                done = int(np.searchsorted(ends, pos, side="right"))  # records wholly before the cut
+                offset = 0 if done == len(texts) else int(pos - (ends[done - 1] if done else -lead))
+                cut = {"record": first + done, "offset": offset, "dataset_state": state, "state_record": state_record}
+                skipped = skipped_base + sum(t is None for t in texts[:done])
+                flush(buf[:fill], cut, skipped, first + done)
+                buf, fill = new_buffer(), 0
+                if at_max:
+                    stopped, stop_reason, records_read = True, "max_tokens", first + done
+                    break
+            if not stopped:
+                skipped_base += sum(t is None for t in texts)
+                records_read, lead = first + len(texts), 0
+                bar.set_postfix(docs=f"{docs_seen:,}", skipped=skipped_base, refresh=False)
+        for *_, f in pending:
+            f.cancel()
+    bar.close()
+    stream.update(complete=True, stop_reason=stop_reason)
+    if fill:
+        flush(buf[:fill], None, skipped_base, records_read)
+    else:
+        if stop_reason != "max_tokens":
+            stream.update(records=records_read, skipped=skipped_base)
+        stream["resume"] = None
+        write_json_atomic(out / MANIFEST, manifest)
+    t_end = time.perf_counter()
+    return {**manifest, "timings": {"setup_s": t_stream - t_start, "stream_s": t_end - t_stream, "total_s": t_end - t_start}}
+
+
+def main(argv=None) -> None:
+    from transformers import HfArgumentParser
+
+    (args,) = HfArgumentParser(TokenizeArguments).parse_args_into_dataclasses(args=argv)
+    try:
+        result = run(args)
+    except TokenizeError as e:
+        raise SystemExit(f"gpt-tokenize: error: {e}") from None
+    stream = result["stream"]
+    splits = {s: sum(x["tokens"] for x in result["shards"] if x["split"] == s) for s in ("val", "train")}
+    print(f"{args.output}: {stream['tokens']:,} tokens ({splits['val']:,} val, {splits['train']:,} train) in "
+          f"{len(result['shards'])} shards from {stream['documents']:,} documents; {stream['skipped']:,} skipped; "
+          f"stopped: {stream['stop_reason']}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
