@@ -1,0 +1,129 @@
+"""`gpt-eval`: benchmark a causal LM, or `gpt-eval plot` training curves.
+
+  gpt-eval --model PATH_OR_ID --tasks hellaswag,lambada [--data-dir ../shared/data] [--output r.json]
+  accelerate launch --multi_gpu --num_processes N -m eval.cli --model ...   (items split across ranks)
+  gpt-eval plot RUN_DIR_or_metrics.jsonl [more runs] --output DIR
+"""
+
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Optional
+
+from transformers import HfArgumentParser
+
+DTYPES = ("float32", "bfloat16", "float16", "auto")
+
+
+@dataclass
+class EvalArguments:
+    model: str = field(metadata={"help": "Model folder (save_pretrained output, e.g. a run's final/) or Hub id."})
+    tasks: str = field(
+        default="hellaswag",
+        metadata={"help": "Comma-separated: hellaswag, lambada_openai (or lambada), wikitext, piqa, arc_easy, "
+                          "arc_challenge, winogrande. Empty for none (with --val-data-dir)."},
+    )
+    data_dir: Optional[str] = field(
+        default=None, metadata={"help": "Local data laid out like ../shared/data; default: the Hub datasets."}
+    )
+    scoring: str = field(default="harness", metadata={"help": "HellaSwag scoring: harness (lm-eval) or nanogpt (build-nanogpt)."})
+    limit: Optional[int] = field(default=None, metadata={"help": "Evaluate only the first N documents of each task."})
+    batch_size: int = field(default=8, metadata={"help": "Sequences per forward pass."})
+    device: Optional[str] = field(default=None, metadata={"help": "cpu, cuda, cuda:1, ...; default cuda when available."})
+    dtype: str = field(default="float32", metadata={"help": f"Weights dtype: {', '.join(DTYPES)} (auto: the checkpoint's)."})
+    tokenizer: Optional[str] = field(default=None, metadata={"help": "Tokenizer folder or Hub id; default: the model's."})
+    trust_remote_code: bool = field(default=False, metadata={"help": "Allow a model's own code from the Hub."})
+    max_length: Optional[int] = field(default=None, metadata={"help": "Longest input in tokens; default: the model's."})
+    stride: Optional[int] = field(
+        default=None, metadata={"help": "WikiText: tokens scored per window after the first; default max_length (lm-eval)."}
+    )
+    val_data_dir: Optional[str] = field(default=None, metadata={"help": "Token shards (gpt-tokenize output): also report val loss."})
+    val_batches: Optional[int] = field(default=None, metadata={"help": "Val batches to read; default: the whole val split."})
+    seq_len: Optional[int] = field(default=None, metadata={"help": "Val sequence length; default: max_length."})
+    output: Optional[str] = field(default=None, metadata={"help": "Write the results JSON here."})
+
+
+@dataclass
+class PlotArguments:
+    output: str = field(default="plots", metadata={"help": "Folder for loss.png and hellaswag.png."})
+
+
+def _load(args: EvalArguments):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    import modeling_gpt  # noqa: F401  (registers GPTForCausalLM with the Auto classes)
+
+    if args.dtype not in DTYPES:
+        raise ValueError(f"--dtype {args.dtype!r}; accepted: {', '.join(DTYPES)}")
+    dtype = args.dtype if args.dtype == "auto" else getattr(torch, args.dtype)
+    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=dtype, trust_remote_code=args.trust_remote_code)
+    tokenizer = AutoTokenizer.from_pretrained(args.tokenizer or args.model, trust_remote_code=args.trust_remote_code)
+    return model, tokenizer
+
+
+def evaluate_main(argv) -> dict:
+    import torch
+
+    from . import format_table, run_tasks, save_results
+    from .loglikelihood import max_length_of
+    from .val_loss import val_loss
+
+    (args,) = HfArgumentParser(EvalArguments).parse_args_into_dataclasses(argv)
+    accelerator = None
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # started by accelerate launch / torchrun
+        from accelerate import Accelerator
+
+        accelerator = Accelerator()
+    model, tokenizer = _load(args)
+    device = accelerator.device if accelerator else torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model.to(device)
+    main_process = accelerator is None or accelerator.is_main_process
+
+    start = time.perf_counter()
+    results = {}
+    if args.tasks:
+        results = run_tasks(model, tokenizer, args.tasks, data_dir=args.data_dir, scoring=args.scoring, limit=args.limit,
+                            batch_size=args.batch_size, accelerator=accelerator, device=device,
+                            max_length=args.max_length, stride=args.stride)
+    if args.val_data_dir:
+        seq_len = args.seq_len or args.max_length or max_length_of(model, tokenizer)
+        val = val_loss(model, args.val_data_dir, args.batch_size, seq_len, args.val_batches, accelerator)
+        results["val"] = {"loss": val["val_loss"], "perplexity": val["val_ppl"], "n": val["tokens"]}
+    if not results:
+        raise ValueError("nothing to evaluate: give --tasks and/or --val-data-dir")
+    seconds = time.perf_counter() - start
+
+    if main_process:
+        print(format_table(results))
+        print(f"{args.model} | scoring {args.scoring} | {seconds:.1f} s")
+        if args.output:
+            config = {k: v for k, v in vars(args).items() if k not in ("model", "output")}
+            path = save_results(results, args.output, model_name=args.model, scoring=args.scoring, config=config)
+            print(f"results written to {path}")
+    return results
+
+
+def plot_main(argv) -> list:
+    from .plot import plot_runs
+
+    parser = HfArgumentParser(PlotArguments)
+    parser.add_argument("runs", nargs="+", help="Run folders holding metrics.jsonl, or metrics.jsonl files.")
+    args, extra = parser.parse_args_into_dataclasses(argv)
+    paths = plot_runs(extra.runs, args.output)
+    for path in paths:
+        print(f"wrote {path}")
+    return paths
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["plot"]:
+        plot_main(argv[1:])
+    else:
+        evaluate_main(argv)
+
+
+if __name__ == "__main__":
+    main()

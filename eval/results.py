@@ -1,0 +1,78 @@
+"""Results: the terminal table and the JSON file push_to_hub.py turns into a model card's model-index."""
+
+import os
+import tempfile
+from pathlib import Path
+
+import evaluate
+
+from .data import HUB_DATASETS
+
+# what the numbers are called on the Hub (dataset pretty names) for a model card
+TASK_TITLES = {
+    "hellaswag": "HellaSwag",
+    "lambada_openai": "LAMBADA (OpenAI)",
+    "wikitext": "WikiText-2",
+    "piqa": "PIQA",
+    "arc_easy": "ARC-Easy",
+    "arc_challenge": "ARC-Challenge",
+    "winogrande": "Winogrande",
+}
+
+
+def metric_names(task_results: dict) -> list[str]:
+    """The metrics of one task's results (its keys less the `_stderr` companions and `n`)."""
+    return [k for k in task_results if k != "n" and not k.endswith("_stderr")]
+
+
+def result_entries(results: dict, model_name=None, scoring: str = "harness") -> list[dict]:
+    """One flat record per (task, metric): task, metric, value, stderr, n, model, scoring and the dataset."""
+    entries = []
+    for task, metrics in results.items():
+        path, config, split = HUB_DATASETS.get(task, (None, None, None))  # "val": the caller's token shards
+        for metric in metric_names(metrics):
+            entries.append({
+                "task": task, "metric": metric, "value": metrics[metric],
+                "stderr": metrics.get(f"{metric}_stderr"), "n": metrics.get("n"), "model": model_name,
+                # only HellaSwag has two scorings; every other task is always scored as lm-eval does
+                "scoring": scoring if task == "hellaswag" else "harness",
+                "dataset": path, "dataset_config": config, "dataset_split": split,
+                "dataset_title": TASK_TITLES.get(task, task),
+            })
+    return entries
+
+
+def save_results(results: dict, path, model_name=None, scoring: str = "harness", config: dict | None = None) -> Path:
+    """Write the results JSON atomically and return its path.
+
+    Layout: {"results": {task: {metric: value, ...}}, "entries": [flat records], "model", "scoring",
+    "config", plus evaluate.save's provenance (_timestamp, _git_commit_hash, library versions)}; so
+    `json.load(f)["results"]["hellaswag"]["acc_norm"]` is the HellaSwag acc_norm.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".json")
+    os.close(fd)
+    try:
+        evaluate.save(
+            tmp, results=results, entries=result_entries(results, model_name, scoring),
+            model=model_name, scoring=scoring, config=config or {},
+        )
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
+
+
+def format_table(results: dict) -> str:
+    """A plain-text table: task, metric, value, stderr, n."""
+    rows = [("task", "metric", "value", "stderr", "n")]
+    for task, metrics in results.items():
+        for metric in metric_names(metrics):
+            stderr = metrics.get(f"{metric}_stderr")
+            rows.append((task, metric, f"{metrics[metric]:.4f}", "" if stderr is None else f"± {stderr:.4f}", str(metrics.get("n", ""))))
+    widths = [max(len(r[i]) for r in rows) for i in range(5)]
+    lines = ["  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)

@@ -1,0 +1,43 @@
+"""Validation loss and perplexity over the token shards written by tokenize_fineweb.py."""
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+import token_shards
+
+
+@torch.no_grad()
+def val_loss(model, data_dir, batch_size: int, seq_len: int, num_batches: int | None = None, accelerator=None) -> dict:
+    """Mean next-token loss over the first `num_batches` (B, T) batches of the "val" split (all when None).
+
+    Under Accelerate rank r reads batches r, r + W, ... (the loader's global-batch rule), so the result
+    equals a single-process run over the same batches. Returns {"val_loss", "val_ppl", "tokens"}.
+    """
+    rank, world_size = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
+    loader = token_shards.ShardDataLoader(
+        data_dir, split="val", batch_size=batch_size, seq_len=seq_len, rank=rank, world_size=world_size, shuffle=False
+    )
+    if num_batches is None:
+        num_batches = loader.chunks_per_epoch
+    if not 1 <= num_batches <= loader.chunks_per_epoch:
+        raise ValueError(f"num_batches={num_batches}; the val split of {data_dir} holds 1..{loader.chunks_per_epoch} "
+                         f"batches of {batch_size}x{seq_len}")
+    device = accelerator.device if accelerator else next(model.parameters()).device
+
+    was_training = model.training
+    model.eval()
+    total = torch.zeros((), dtype=torch.float64, device=device)
+    # every rank runs the same number of forward passes; a pass past num_batches counts for nothing
+    for k in range(math.ceil(num_batches / world_size)):
+        x, y = loader.next_batch()
+        logits = model(input_ids=x.to(device)).logits  # (B, T, V)
+        loss = F.cross_entropy(logits.float().flatten(0, 1), y.to(device).flatten())
+        if k * world_size + rank < num_batches:
+            total += loss.double()
+    model.train(was_training)
+    if accelerator is not None and world_size > 1:
+        total = accelerator.reduce(total, reduction="sum")
+    mean = total.item() / num_batches
+    return {"val_loss": mean, "val_ppl": math.exp(mean), "tokens": num_batches * batch_size * seq_len}
