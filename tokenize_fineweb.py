@@ -111,15 +111,14 @@ def load_source(args: TokenizeArguments):
     return ds.select_columns([args.text_column])
 
 
-def _clean(text):
-    """None for what is not a document (non-strings, empty); lone surrogates become U+FFFD."""
-    if not isinstance(text, str) or not text:
-        return None
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        text = text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")  # what tiktoken itself does
-    return text
+def _document(text):
+    """The text, or None for what is not a document (non-strings, empty strings)."""
+    return text if isinstance(text, str) and text else None
+
+
+def _repair(text: str) -> str:
+    """Lone surrogates (which UTF-8 cannot encode) become U+FFFD, as tiktoken itself does."""
+    return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
 
 
 # -- tokenizers ------------------------------------------------------------------------------------
@@ -131,12 +130,22 @@ class Encoder:
         self.backend, self.eot_id, self.dtype = backend, eot_id, dtype
         self._tiktoken = not hasattr(backend, "encode_batch_fast")
 
+    def _tiktoken_ids(self, text):
+        try:
+            return self.backend.encode_to_numpy(text, disallowed_special=())  # the ids of encode_ordinary
+        except UnicodeEncodeError:
+            return self.backend.encode_to_numpy(_repair(text), disallowed_special=())
+
     def __call__(self, texts):
         docs = [t for t in texts if t is not None]
         if self._tiktoken:
-            ids = [self.backend.encode_to_numpy(t, disallowed_special=()) for t in docs]  # == encode_ordinary
+            ids = [self._tiktoken_ids(t) for t in docs]
         else:
-            ids = [np.asarray(e.ids, dtype=np.uint32) for e in self.backend.encode_batch_fast(docs, add_special_tokens=False)]
+            try:
+                encodings = self.backend.encode_batch_fast(docs, add_special_tokens=False)
+            except TypeError:  # a text with lone surrogates
+                encodings = self.backend.encode_batch_fast([_repair(t) for t in docs], add_special_tokens=False)
+            ids = [np.asarray(e.ids, dtype=np.uint32) for e in encodings]
         lens = np.zeros(len(texts), dtype=np.int64)
         lens[[i for i, t in enumerate(texts) if t is not None]] = [a.size + 1 for a in ids]
         out = np.empty(int(lens.sum()), dtype=self.dtype)
@@ -191,10 +200,10 @@ def train_bpe(ds, args: TokenizeArguments):
     def texts():
         n = 0
         for batch in ds.iter(batch_size=DOCS_PER_TASK):
-            for text in map(_clean, batch[args.text_column]):
+            for text in map(_document, batch[args.text_column]):
                 if text is not None and n < args.tokenizer_train_docs:
                     n += 1
-                    yield text
+                    yield _repair(text)
             if n >= args.tokenizer_train_docs:
                 return
 
@@ -208,7 +217,10 @@ def train_bpe(ds, args: TokenizeArguments):
 
 
 def prepare_tokenizer(args, out: Path, ds, resume_hash):
-    """Save the tokenizer to out/tokenizer/ (or reuse the one a resumed run saved); return (info, Encoder)."""
+    """Save the tokenizer to out/tokenizer/ (or reuse the one a resumed run saved).
+
+    Returns (manifest entry, vocabulary size, EOT id, Encoder).
+    """
     tok_dir = out / TOKENIZER_DIR
     if resume_hash is not None:
         hf = token_shards.load_tokenizer(out)
@@ -235,11 +247,10 @@ def prepare_tokenizer(args, out: Path, ds, resume_hash):
     if args.tokenizer == "gpt2" and not args.train_tokenizer:
         import tiktoken
 
-        backend = tiktoken.get_encoding("gpt2")  # same ids as the saved GPT-2 tokenizer, ~5x faster
+        backend, backend_name = tiktoken.get_encoding("gpt2"), "tiktoken"  # same ids as the saved GPT-2 tokenizer, ~5x faster
     else:
-        backend = _hf_backend(hf)
-    info = {"name": name, "hash": token_shards.tokenizer_hash(hf), "backend": "tiktoken" if not hasattr(backend, "encode_batch_fast") else "tokenizers",
-            "path": TOKENIZER_DIR}
+        backend, backend_name = _hf_backend(hf), "tokenizers"
+    info = {"name": name, "hash": token_shards.tokenizer_hash(hf), "backend": backend_name, "path": TOKENIZER_DIR}
     return info, vocab_size, eot_id, Encoder(backend, eot_id, dtype)
 
 
@@ -250,6 +261,8 @@ def _source_and_config(args: TokenizeArguments):
               "split": None if args.data_files else args.split, "data_files": args.data_files, "text_column": args.text_column}
     config = {k: v for k, v in asdict(args).items() if k not in source and k not in ("output", "workers", "overwrite")}
     config["val_tokens"] = args.shard_size if args.val_tokens is None else args.val_tokens
+    if not args.train_tokenizer:  # these only matter when training a tokenizer
+        config["vocab_size"] = config["tokenizer_train_docs"] = None
     return source, config
 
 
@@ -359,7 +372,7 @@ def run(args: TokenizeArguments) -> dict:
                     exhausted = True
                     break
                 state, state_record, first, texts = item
-                texts = [_clean(t) for t in texts]
+                texts = [_document(t) for t in texts]
                 if args.max_docs is not None:
                     idx = [i for i, t in enumerate(texts) if t is not None]
                     room = args.max_docs - docs_seen
