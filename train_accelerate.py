@@ -1,0 +1,740 @@
+"""Pretrain a GPT on token shards with a hand-written Accelerate loop.
+
+One script from a laptop CPU to `accelerate launch` on many GPUs and nodes (DDP or FSDP):
+
+    gpt-train --config configs/tiny.yaml                      # CPU, minutes
+    accelerate launch --config_file configs/accelerate/ddp_8gpu.yaml \
+        train_accelerate.py --config configs/gpt2-124m.yaml   # GPT-2 124M on FineWeb-Edu 10B
+
+Settings are dataclasses (a YAML recipe plus command-line overrides). The small units (LR schedule,
+optimizer groups, checkpoints, metrics, MFU) sit above `main()`, which is the loop itself.
+"""
+
+import argparse
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Optional, Union, get_args, get_origin, get_type_hints
+
+import torch
+import yaml
+from accelerate import Accelerator, DistributedType
+from accelerate.utils import ProjectConfiguration, set_seed
+from tqdm.auto import tqdm
+from transformers import AutoConfig, GenerationConfig, HfArgumentParser
+
+import token_shards
+from modeling_gpt import PRESETS, GPTConfig, GPTForCausalLM
+
+MIXED_PRECISION = ("no", "fp16", "bf16")
+TRACKERS = ("auto", "tensorboard", "wandb", "none")
+MODEL_OVERRIDES = ("n_layer", "n_head", "n_embd", "n_inner", "n_positions", "dropout", "rope_theta")
+
+
+# ----------------------------------------------------------------------------------------------
+# Settings
+
+
+@dataclass
+class ModelArguments:
+    model_preset: str = field(
+        default="gpt2", metadata={"help": f"Named model size to train from scratch: one of {sorted(PRESETS)}."}
+    )
+    init_from: Optional[str] = field(
+        default=None,
+        metadata={
+            "help": "Start from these weights instead of from scratch: a Hugging Face folder or Hub id of our GPT, "
+            "or of transformers' GPT-2 (e.g. openai-community/gpt2), converted on the fly."
+        },
+    )
+    n_layer: Optional[int] = field(default=None, metadata={"help": "Override the preset's number of blocks."})
+    n_head: Optional[int] = field(default=None, metadata={"help": "Override the preset's number of attention heads."})
+    n_embd: Optional[int] = field(default=None, metadata={"help": "Override the preset's width."})
+    n_inner: Optional[int] = field(default=None, metadata={"help": "Override the preset's MLP hidden size (d_ff)."})
+    n_positions: Optional[int] = field(default=None, metadata={"help": "Override the preset's context length."})
+    dropout: Optional[float] = field(default=None, metadata={"help": "Override the preset's dropout (0 for pretraining)."})
+    rope_theta: Optional[float] = field(default=None, metadata={"help": "Override the RoPE base (modern variant only)."})
+    attn_implementation: str = field(
+        default="sdpa", metadata={"help": "Attention kernel: sdpa, eager, flash_attention_2, flex_attention."}
+    )
+    gradient_checkpointing: bool = field(
+        default=False, metadata={"help": "Recompute activations in the backward pass to save memory."}
+    )
+
+
+@dataclass
+class DataArguments:
+    data_dir: Optional[str] = field(
+        default=None, metadata={"help": "Folder of token shards with manifest.json, written by gpt-tokenize."}
+    )
+    tokenize_dataset: Optional[str] = field(
+        default=None,
+        metadata={
+            "help": "When data_dir has no manifest.json, first tokenize this dataset (Hub id or local folder laid out "
+            "like one, e.g. ../shared/data/fineweb-edu-mini) into data_dir with gpt-tokenize. Main process only."
+        },
+    )
+    tokenize_name: Optional[str] = field(default=None, metadata={"help": "Dataset config name for tokenize_dataset, e.g. sample-10BT."})
+    tokenize_tokenizer: Optional[str] = field(
+        default=None,
+        metadata={"help": "Tokenizer for tokenize_dataset (folder or Hub id); default GPT-2 through tiktoken."},
+    )
+    tokenize_shard_size: Optional[int] = field(
+        default=None, metadata={"help": "Tokens per shard when tokenizing (gpt-tokenize's default if unset)."}
+    )
+    tokenize_val_tokens: Optional[int] = field(
+        default=None, metadata={"help": "Tokens held out as the validation split when tokenizing (default: one shard)."}
+    )
+
+
+@dataclass
+class TrainArguments:
+    output_dir: str = field(
+        default="out", metadata={"help": "Run folder: checkpoints/, final/, metrics.jsonl and tracker logs."}
+    )
+    seed: int = field(default=1337, metadata={"help": "Seed of the model init, the data order and dropout."})
+    max_steps: int = field(default=19073, metadata={"help": "Number of optimizer steps."})
+    micro_batch_size: int = field(default=64, metadata={"help": "Sequences per forward pass per process."})
+    seq_len: int = field(default=1024, metadata={"help": "Tokens per sequence."})
+    total_batch_tokens: int = field(
+        default=524288,
+        metadata={
+            "help": "Tokens per optimizer step over all processes; gradient accumulation = total_batch_tokens / "
+            "(micro_batch_size * seq_len * world_size), which must be a whole number."
+        },
+    )
+    learning_rate: float = field(default=6e-4, metadata={"help": "Peak learning rate."})
+    min_lr_ratio: float = field(default=0.1, metadata={"help": "The cosine decays to learning_rate * min_lr_ratio."})
+    warmup_steps: int = field(default=715, metadata={"help": "Linear warmup steps before the cosine decay."})
+    weight_decay: float = field(default=0.1, metadata={"help": "AdamW weight decay, on matrices and embeddings only."})
+    adam_beta1: float = field(default=0.9, metadata={"help": "AdamW beta1."})
+    adam_beta2: float = field(default=0.95, metadata={"help": "AdamW beta2."})
+    adam_epsilon: float = field(default=1e-8, metadata={"help": "AdamW epsilon."})
+    grad_clip: float = field(default=1.0, metadata={"help": "Clip the global gradient norm to this (0 = no clipping)."})
+    eval_interval: int = field(default=250, metadata={"help": "Evaluate every this many steps and at the end (0 = never)."})
+    val_batches: int = field(
+        default=20, metadata={"help": "Validation micro-batches per evaluation (split over the processes)."}
+    )
+    hellaswag: bool = field(default=False, metadata={"help": "Also score HellaSwag (through eval/) at each evaluation."})
+    hellaswag_data_dir: Optional[str] = field(
+        default=None, metadata={"help": "Folder with hellaswag/hellaswag_val.jsonl (e.g. ../shared/data); default: the Hub."}
+    )
+    hellaswag_limit: Optional[int] = field(default=None, metadata={"help": "Score only the first N HellaSwag examples."})
+    sample_prompts: list[str] = field(
+        default_factory=lambda: ["Hello, I'm a language model,"],
+        metadata={"help": "Prompts completed and logged at each evaluation (none to turn off)."},
+    )
+    sample_max_new_tokens: int = field(default=32, metadata={"help": "Length of the sampled completions."})
+    log_interval: int = field(default=10, metadata={"help": "Print and report metrics every this many steps."})
+    save_interval: int = field(default=1000, metadata={"help": "Checkpoint every this many steps and at the end (0 = at the end only)."})
+    keep_last_k: int = field(default=3, metadata={"help": "Keep this many newest checkpoints (0 = keep all)."})
+    resume_from_checkpoint: Optional[str] = field(
+        default=None,
+        metadata={
+            "help": "'latest' (the newest checkpoint in output_dir/checkpoints, or a fresh start when there is none) "
+            "or the path of a checkpoint folder."
+        },
+    )
+    compile: bool = field(default=False, metadata={"help": "torch.compile the training forward (eval and sampling stay eager)."})
+    mixed_precision: Optional[str] = field(
+        default=None,
+        metadata={"help": f"One of {MIXED_PRECISION}; unset: what `accelerate launch` / its config says (else no)."},
+    )
+    tracker: str = field(
+        default="auto", metadata={"help": f"One of {TRACKERS}; auto = TensorBoard when installed."}
+    )
+    run_name: Optional[str] = field(default=None, metadata={"help": "Tracker run name; default: output_dir's name."})
+
+
+ARGUMENT_CLASSES = (ModelArguments, DataArguments, TrainArguments)
+
+
+def _check_types(obj):
+    """Values from YAML skip argparse's conversion: check them against the field types."""
+    hints = get_type_hints(type(obj))  # HfArgumentParser rewrites Field.type in place
+    for f in fields(obj):
+        value, kind = getattr(obj, f.name), hints[f.name]
+        if get_origin(kind) is Union:
+            if value is None:
+                continue
+            kind = next(a for a in get_args(kind) if a is not type(None))
+        if get_origin(kind) is list:
+            ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
+        elif kind is float:
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        elif kind is int:
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        else:
+            ok = isinstance(value, kind)
+        if not ok:
+            raise ValueError(f"{f.name}={value!r} must be of type {getattr(kind, '__name__', kind)}")
+
+
+def parse_args(argv=None) -> tuple[ModelArguments, DataArguments, TrainArguments]:
+    """`--config recipe.yaml` gives the defaults; any field can then be overridden on the command line."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config")
+    known, _ = pre.parse_known_args(argv)
+    parser = HfArgumentParser(ARGUMENT_CLASSES, description=__doc__.split("\n")[0])
+    parser.add_argument("--config", help="YAML recipe whose keys are the fields below (e.g. configs/gpt2-124m.yaml).")
+    if known.config:
+        path = Path(known.config)
+        if not path.is_file():
+            raise FileNotFoundError(f"--config {known.config}: no such file")
+        recipe = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(recipe, dict):
+            raise ValueError(f"{path} must hold a mapping of field: value, got {type(recipe).__name__}")
+        allowed = {f.name for cls in ARGUMENT_CLASSES for f in fields(cls)}
+        unknown = sorted(set(recipe) - allowed)
+        if unknown:
+            raise ValueError(f"{path}: unknown field(s) {unknown}; accepted fields: {sorted(allowed)}")
+        parser.set_defaults(**recipe)
+    model_args, data_args, train_args, _ = parser.parse_args_into_dataclasses(args=argv)
+    for obj in (model_args, data_args, train_args):
+        _check_types(obj)
+    validate_args(model_args, data_args, train_args)
+    return model_args, data_args, train_args
+
+
+def validate_args(model_args: ModelArguments, data_args: DataArguments, args: TrainArguments):
+    """Raise ValueError naming the bad value and what is accepted."""
+    if model_args.init_from is None and model_args.model_preset not in PRESETS:
+        raise ValueError(f"model_preset={model_args.model_preset!r} is unknown; choose one of {sorted(PRESETS)}")
+    overrides = {k: getattr(model_args, k) for k in MODEL_OVERRIDES if getattr(model_args, k) is not None}
+    if model_args.init_from is not None and overrides:
+        raise ValueError(f"model overrides {overrides} apply to a model trained from scratch, not with init_from")
+    if data_args.data_dir is None:
+        raise ValueError("data_dir is not set: give the token shard folder in the recipe or with --data_dir")
+    for name in ("max_steps", "micro_batch_size", "seq_len", "total_batch_tokens", "log_interval", "sample_max_new_tokens"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"{name}={getattr(args, name)} must be >= 1")
+    for name in ("warmup_steps", "eval_interval", "save_interval", "keep_last_k", "val_batches"):
+        if getattr(args, name) < 0:
+            raise ValueError(f"{name}={getattr(args, name)} must be >= 0")
+    if args.eval_interval and args.val_batches < 1 and not args.hellaswag and not args.sample_prompts:
+        raise ValueError(f"eval_interval={args.eval_interval} but val_batches=0, hellaswag off and no sample_prompts: nothing to evaluate")
+    if not args.learning_rate > 0:
+        raise ValueError(f"learning_rate={args.learning_rate} must be > 0")
+    if not 0 <= args.min_lr_ratio <= 1:
+        raise ValueError(f"min_lr_ratio={args.min_lr_ratio} must be in [0, 1]")
+    if args.weight_decay < 0 or args.grad_clip < 0 or args.adam_epsilon <= 0:
+        raise ValueError(
+            f"weight_decay={args.weight_decay} and grad_clip={args.grad_clip} must be >= 0, adam_epsilon={args.adam_epsilon} > 0"
+        )
+    for name in ("adam_beta1", "adam_beta2"):
+        if not 0 <= getattr(args, name) < 1:
+            raise ValueError(f"{name}={getattr(args, name)} must be in [0, 1)")
+    if args.mixed_precision is not None and args.mixed_precision not in MIXED_PRECISION:
+        raise ValueError(f"mixed_precision={args.mixed_precision!r} is not supported; use one of {MIXED_PRECISION}")
+    if args.tracker not in TRACKERS:
+        raise ValueError(f"tracker={args.tracker!r} is not supported; use one of {TRACKERS}")
+    if args.hellaswag_limit is not None and args.hellaswag_limit < 1:
+        raise ValueError(f"hellaswag_limit={args.hellaswag_limit} must be >= 1")
+
+
+def gradient_accumulation_steps(total_batch_tokens: int, micro_batch_size: int, seq_len: int, world_size: int) -> int:
+    """Micro-steps per optimizer step so that every step sees exactly total_batch_tokens tokens."""
+    per_micro_step = micro_batch_size * seq_len * world_size
+    if total_batch_tokens % per_micro_step:
+        raise ValueError(
+            f"total_batch_tokens={total_batch_tokens} is not a multiple of micro_batch_size * seq_len * world_size = "
+            f"{micro_batch_size} * {seq_len} * {world_size} = {per_micro_step}; change one of them "
+            f"(e.g. total_batch_tokens={max(1, round(total_batch_tokens / per_micro_step)) * per_micro_step})"
+        )
+    return total_batch_tokens // per_micro_step
+
+
+# ----------------------------------------------------------------------------------------------
+# Optimization
+
+
+def get_lr(step: int, *, learning_rate: float, warmup_steps: int, max_steps: int, min_lr_ratio: float) -> float:
+    """LR of optimizer step `step` (0-based): linear warmup to the peak, then cosine to min_lr_ratio * peak."""
+    min_lr = learning_rate * min_lr_ratio
+    if step < warmup_steps:
+        return learning_rate * (step + 1) / warmup_steps
+    if step >= max_steps:
+        return min_lr
+    progress = (step - warmup_steps) / max(1, max_steps - warmup_steps)
+    return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (learning_rate - min_lr)
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """Decay the matrices and embeddings (dim >= 2); never biases and norm gains."""
+    params = [p for p in model.parameters() if p.requires_grad]  # tied weights appear once
+    return [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
+
+
+# ----------------------------------------------------------------------------------------------
+# Throughput
+
+
+# Dense bf16 tensor-core peaks in FLOP/s; the longest name found in torch.cuda.get_device_name() wins.
+PEAK_BF16_FLOPS = {
+    "B200": 2250e12,
+    "H200": 989e12,
+    "GH200": 989e12,
+    "H100 NVL": 835e12,
+    "H100 PCIe": 756e12,
+    "H100": 989e12,
+    "H800": 989e12,
+    "A100": 312e12,
+    "A800": 312e12,
+    "L40S": 362e12,
+    "RTX 4090": 165e12,
+    "L4": 121e12,
+    "MI300X": 1307e12,
+}
+
+
+def peak_flops(device_name: str) -> Optional[float]:
+    """Dense bf16 peak of a GPU by name, or None when it is not in the table."""
+    matches = [name for name in PEAK_BF16_FLOPS if name in device_name]
+    return PEAK_BF16_FLOPS[max(matches, key=len)] if matches else None
+
+
+def flops_per_token(model: torch.nn.Module, seq_len: int) -> float:
+    """Training FLOPs per token (PaLM appendix B): 6N + 12 * L * H * Q * T.
+
+    N counts the matmul weights: all parameters except position embeddings, which are only added
+    (the token embedding counts: it is the output head too).
+    """
+    config = model.config
+    head = model.get_output_embeddings().weight
+    n = model.num_parameters()
+    for module in model.modules():
+        if isinstance(module, torch.nn.Embedding) and module.weight is not head:
+            n -= module.weight.numel()
+    return 6 * n + 12 * config.n_layer * config.n_head * (config.n_embd // config.n_head) * seq_len
+
+
+# ----------------------------------------------------------------------------------------------
+# Checkpoints and metrics
+
+
+class CheckpointManager:
+    """output_dir/checkpoints/step_XXXXXXX folders, each complete or absent.
+
+    A checkpoint is written into a hidden temporary folder and renamed into place only when every
+    file is there, so a crash during saving leaves nothing that `latest()` would pick.
+    """
+
+    def __init__(self, root: Union[str, os.PathLike], keep_last_k: int = 0):
+        self.root = Path(root)
+        self.keep_last_k = keep_last_k
+
+    def path(self, step: int) -> Path:
+        return self.root / f"step_{step:07d}"
+
+    def temp_path(self, step: int) -> Path:
+        return self.root / f".tmp-step_{step:07d}"
+
+    def steps(self) -> list[int]:
+        if not self.root.is_dir():
+            return []
+        found = []
+        for child in self.root.iterdir():
+            name = child.name
+            if name.startswith("step_") and name[5:].isdigit() and (child / "trainer_state.json").is_file():
+                found.append(int(name[5:]))
+        return sorted(found)
+
+    def latest(self) -> Optional[Path]:
+        steps = self.steps()
+        return self.path(steps[-1]) if steps else None
+
+    def remove_partial(self):
+        """Delete what an interrupted save left behind."""
+        if self.root.is_dir():
+            for child in self.root.glob(".tmp-step_*"):
+                shutil.rmtree(child, ignore_errors=True)
+
+    def commit(self, step: int) -> Path:
+        """Move a finished temporary folder into place (atomic rename), then prune old checkpoints."""
+        final = self.path(step)
+        if final.exists():  # re-saving a step after resuming from an older checkpoint
+            stale = self.root / f".tmp-old-step_{step:07d}"
+            os.replace(final, stale)
+            shutil.rmtree(stale)
+        os.replace(self.temp_path(step), final)
+        if self.keep_last_k:
+            for old in self.steps()[: -self.keep_last_k]:
+                shutil.rmtree(self.path(old))
+        return final
+
+
+class MetricsLog:
+    """metrics.jsonl: one JSON object per optimizer step, appended as the run goes."""
+
+    def __init__(self, path: Union[str, os.PathLike]):
+        self.path = Path(path)
+
+    def truncate(self, last_step: int):
+        """Keep the steps <= last_step (what a resumed run has not redone); drop a torn last line."""
+        if not self.path.exists():
+            return
+        kept = []
+        for line in self.path.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if record.get("step", 0) <= last_step:
+                kept.append(line)
+        tmp = self.path.with_suffix(".jsonl.tmp")
+        tmp.write_text("".join(line + "\n" for line in kept))
+        os.replace(tmp, self.path)
+
+    def append(self, records: list[dict]):
+        with self.path.open("a") as f:
+            for record in records:
+                f.write(json.dumps(record) + "\n")
+
+    def read(self) -> list[dict]:
+        if not self.path.exists():
+            return []
+        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+
+
+class NonFiniteLossError(RuntimeError):
+    pass
+
+
+def check_finite(records: list[dict], last_good: Optional[Path]):
+    """Stop at the first NaN/inf loss, before anything is saved from the poisoned weights."""
+    for record in records:
+        if not math.isfinite(record["loss"]):
+            where = f"the last good checkpoint is {last_good}" if last_good else "no checkpoint was saved before it"
+            raise NonFiniteLossError(
+                f"training loss is {record['loss']} at step {record['step']}; stopping ({where}). "
+                "Lower learning_rate, raise warmup_steps or check the data, then resume with --resume_from_checkpoint."
+            )
+
+
+# ----------------------------------------------------------------------------------------------
+# Data, model and evaluation helpers
+
+
+def ensure_tokenized(data_args: DataArguments, accelerator: Accelerator):
+    """Tokenize tokenize_dataset into data_dir when its manifest is missing (main process; the others wait)."""
+    manifest = Path(data_args.data_dir) / "manifest.json"
+    with accelerator.main_process_first():
+        if manifest.is_file():
+            return
+        if data_args.tokenize_dataset is None:
+            raise FileNotFoundError(
+                f"{manifest} not found: tokenize first (gpt-tokenize ... {data_args.data_dir}) or set tokenize_dataset"
+            )
+        if not accelerator.is_main_process:
+            raise FileNotFoundError(f"{manifest} is still missing after the main process tokenized into it")
+        import tokenize_fineweb
+
+        argv = ["--dataset", data_args.tokenize_dataset, "--output", data_args.data_dir]
+        options = {"--name": data_args.tokenize_name, "--tokenizer": data_args.tokenize_tokenizer,
+                   "--shard-size": data_args.tokenize_shard_size, "--val-tokens": data_args.tokenize_val_tokens}
+        for flag, value in options.items():
+            if value is not None:
+                argv += [flag, str(value)]
+        print(f"tokenizing {data_args.tokenize_dataset} into {data_args.data_dir}", flush=True)
+        tokenize_fineweb.main(argv)
+
+
+def build_model(model_args: ModelArguments, vocab_size: int, eot_id: int) -> GPTForCausalLM:
+    if model_args.init_from is not None:
+        config = AutoConfig.from_pretrained(model_args.init_from)
+        if config.model_type == "gpt2":
+            model = GPTForCausalLM.from_gpt2(model_args.init_from)
+        elif config.model_type == GPTConfig.model_type:
+            model = GPTForCausalLM.from_pretrained(model_args.init_from, attn_implementation=model_args.attn_implementation)
+        else:
+            raise ValueError(f"init_from={model_args.init_from!r} is a {config.model_type!r} model; use our GPT or GPT-2")
+    else:
+        overrides = {k: getattr(model_args, k) for k in MODEL_OVERRIDES if getattr(model_args, k) is not None}
+        config = GPTConfig.from_preset(
+            model_args.model_preset, vocab_size=vocab_size, bos_token_id=eot_id, eos_token_id=eot_id, **overrides
+        )
+        config._attn_implementation = model_args.attn_implementation
+        model = GPTForCausalLM(config)
+    if model_args.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    return model
+
+
+@torch.no_grad()
+def validation_loss(model, loader, num_batches: int, accelerator: Accelerator) -> float:
+    """Mean loss over the first num_batches validation micro-batches, spread over the processes.
+
+    Process r scores batches r, r + W, ... (the loader's global order), so the value does not
+    depend on the number of processes.
+    """
+    loader.reset()
+    world, rank = accelerator.num_processes, accelerator.process_index
+    total = torch.zeros(2, device=accelerator.device)  # (sum of losses, batches)
+    for i in range(math.ceil(num_batches / world)):
+        x, y = loader.next_batch()
+        if i * world + rank < num_batches:
+            x, y = x.to(accelerator.device), y.to(accelerator.device)
+            total[0] += model(input_ids=x, labels=y, shift_labels=y).loss.float()
+            total[1] += 1
+    total = accelerator.reduce(total, reduction="sum")
+    return (total[0] / total[1]).item()
+
+
+@torch.no_grad()
+def sample(model, tokenizer, prompts: list[str], max_new_tokens: int, seed: int, device) -> list[str]:
+    """Top-k sampled completions, on a forked RNG so that training randomness is untouched."""
+    devices = [device] if device.type == "cuda" else []
+    completions = []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        for prompt in prompts:
+            ids = tokenizer(prompt, return_tensors="pt").input_ids.to(device)
+            out = model.generate(
+                ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens, do_sample=True,
+                top_k=50, pad_token_id=tokenizer.eos_token_id,
+            )
+            completions.append(tokenizer.decode(out[0], skip_special_tokens=True))
+    return completions
+
+
+def _tensorboard_installed() -> bool:
+    from accelerate.utils import is_tensorboard_available
+
+    return is_tensorboard_available()
+
+
+def export_final(accelerator: Accelerator, model, tokenizer, output_dir: Path):
+    """output_dir/final: a Hugging Face folder (weights, config, code, tokenizer, generation config)."""
+    state_dict = accelerator.get_state_dict(model)  # gathers FSDP shards on the main process
+    final, tmp = output_dir / "final", output_dir / ".tmp-final"
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+        unwrapped = accelerator.unwrap_model(model)
+        unwrapped.save_pretrained(tmp, state_dict=state_dict, save_function=accelerator.save)
+        tokenizer.save_pretrained(tmp)
+        eot = tokenizer.eos_token_id
+        GenerationConfig(
+            do_sample=True, top_k=50, temperature=1.0, max_new_tokens=128,
+            bos_token_id=eot, eos_token_id=eot, pad_token_id=eot,
+        ).save_pretrained(tmp)
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    accelerator.wait_for_everyone()
+    return final
+
+
+# ----------------------------------------------------------------------------------------------
+# The loop
+
+
+def main(argv=None):
+    try:
+        train(argv)
+    except NonFiniteLossError as err:
+        sys.exit(f"error: {err}")
+
+
+def train(argv=None):
+    model_args, data_args, args = parse_args(argv)
+    output_dir = Path(args.output_dir)
+    tracker = args.tracker
+    if tracker == "auto":
+        tracker = "tensorboard" if _tensorboard_installed() else "none"
+    accelerator = Accelerator(
+        mixed_precision=args.mixed_precision,
+        log_with=None if tracker == "none" else tracker,
+        project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "runs")),
+    )
+    device, is_main = accelerator.device, accelerator.is_main_process
+    world = accelerator.num_processes
+    accum = gradient_accumulation_steps(args.total_batch_tokens, args.micro_batch_size, args.seq_len, world)
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+
+    # data first: the tokenizer and vocabulary come with the shards
+    ensure_tokenized(data_args, accelerator)
+    manifest = token_shards.read_manifest(data_args.data_dir)
+    tokenizer = token_shards.load_tokenizer(data_args.data_dir)
+
+    set_seed(args.seed)  # the same initial weights on every process
+    model = build_model(model_args, manifest["vocab_size"], manifest["eot_id"])
+    if args.seq_len > model.config.n_positions:
+        raise ValueError(f"seq_len={args.seq_len} is longer than the model's n_positions={model.config.n_positions}")
+    flops_token = flops_per_token(model, args.seq_len)
+    n_params = model.num_parameters()
+
+    loader_kwargs = dict(
+        batch_size=args.micro_batch_size, seq_len=args.seq_len, rank=accelerator.process_index, world_size=world,
+        seed=args.seed, vocab_size=model.config.vocab_size, eot_id=manifest["eot_id"],
+        tokenizer_hash=token_shards.tokenizer_hash(tokenizer),
+    )
+    train_loader = token_shards.ShardDataLoader(data_args.data_dir, split="train", **loader_kwargs)
+    val_loader = token_shards.ShardDataLoader(data_args.data_dir, split="val", shuffle=False, **loader_kwargs)
+
+    optimizer = torch.optim.AdamW(
+        param_groups(model, args.weight_decay), lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
+        eps=args.adam_epsilon, fused=device.type == "cuda",
+    )
+    model, optimizer = accelerator.prepare(model, optimizer)
+    # compile the training forward only: evaluation and generation use the eager module
+    train_forward = torch.compile(model) if args.compile else model
+    eval_model = accelerator.unwrap_model(model)
+
+    checkpoints = CheckpointManager(output_dir / "checkpoints", args.keep_last_k)
+    metrics = MetricsLog(output_dir / "metrics.jsonl")
+    start_step = 0
+    resume = args.resume_from_checkpoint
+    if resume == "latest":
+        resume = checkpoints.latest()
+    elif resume is None and checkpoints.latest() is not None:
+        raise ValueError(
+            f"{output_dir} already holds checkpoints (latest {checkpoints.latest()}); pass "
+            "--resume_from_checkpoint latest to continue that run, or choose another output_dir"
+        )
+    if resume is not None:
+        resume = Path(resume)
+        if not (resume / "trainer_state.json").is_file():
+            raise FileNotFoundError(f"resume_from_checkpoint={str(resume)!r} is not a complete checkpoint folder")
+        state = json.loads((resume / "trainer_state.json").read_text())
+        for key in ("total_batch_tokens", "seq_len"):
+            if state[key] != getattr(args, key):
+                raise ValueError(f"{resume} was trained with {key}={state[key]}; resuming with {getattr(args, key)} would change the data")
+        accelerator.load_state(str(resume))
+        train_loader.load_state_dict(state["train_loader"])  # its position is global: any world size resumes it
+        start_step = state["step"]
+    if is_main:
+        checkpoints.remove_partial()
+        output_dir.mkdir(parents=True, exist_ok=True)
+        metrics.truncate(start_step)  # a resumed run redoes the steps after its checkpoint
+    accelerator.wait_for_everyone()
+
+    if tracker != "none":
+        flat = {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for obj in (model_args, data_args, args) for k, v in asdict(obj).items()}
+        accelerator.init_trackers(args.run_name or output_dir.resolve().name, config=flat)
+    peak = peak_flops(torch.cuda.get_device_name(device)) if device.type == "cuda" else None
+    if accelerator.mixed_precision not in ("bf16", "fp16"):
+        peak = None  # the table holds bf16 tensor-core peaks
+    accelerator.print(
+        f"{n_params:,} parameters | {world} process(es) x {accum} micro-step(s) x {args.micro_batch_size} x "
+        f"{args.seq_len} = {args.total_batch_tokens:,} tokens/step | {accelerator.distributed_type} on {device}, "
+        f"{accelerator.mixed_precision} | steps {start_step} -> {args.max_steps}"
+    )
+
+    def save_checkpoint(step: int):
+        tmp = checkpoints.temp_path(step)
+        accelerator.save_state(str(tmp))
+        accelerator.wait_for_everyone()
+        if is_main:
+            state = dict(step=step, tokens=step * args.total_batch_tokens, world_size=world,
+                         total_batch_tokens=args.total_batch_tokens, seq_len=args.seq_len,
+                         train_loader=train_loader.state_dict())
+            # written last: a folder without it is never picked by a resume
+            (tmp / "trainer_state.json").write_text(json.dumps(state, indent=2))
+            checkpoints.commit(step)
+        accelerator.wait_for_everyone()
+
+    def evaluate(step: int) -> dict:
+        eval_model.eval()
+        results = {}
+        if args.val_batches:
+            results["val_loss"] = validation_loss(eval_model, val_loader, args.val_batches, accelerator)
+        if args.hellaswag:
+            from eval import run_tasks
+
+            scores = run_tasks(eval_model, tokenizer, tasks=["hellaswag"], data_dir=args.hellaswag_data_dir,
+                               limit=args.hellaswag_limit, accelerator=accelerator)["hellaswag"]
+            results["hellaswag_acc"], results["hellaswag_acc_norm"] = scores["acc"], scores["acc_norm"]
+        # FSDP shards the weights: every process must take part in generation
+        if args.sample_prompts and (is_main or accelerator.distributed_type == DistributedType.FSDP):
+            results["samples"] = sample(eval_model, tokenizer, args.sample_prompts, args.sample_max_new_tokens, args.seed + step, device)
+        eval_model.train()
+        return results
+
+    model.train()
+    pending = []  # (step, lr, loss tensor, grad-norm tensor) not yet synced to the host
+    last_good = resume
+    timer, timer_step = time.perf_counter(), start_step
+    progress = tqdm(total=args.max_steps, initial=start_step, disable=not is_main, desc="train", dynamic_ncols=True)
+    for step in range(start_step, args.max_steps):
+        lr = get_lr(step, learning_rate=args.learning_rate, warmup_steps=args.warmup_steps,
+                    max_steps=args.max_steps, min_lr_ratio=args.min_lr_ratio)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        loss_sum = torch.zeros((), device=device)
+        for micro_step in range(accum):
+            x, y = train_loader.next_batch()
+            if device.type == "cuda":
+                x, y = x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
+            # gradients are all-reduced on the last micro-step only
+            with accelerator.no_sync(model) if micro_step < accum - 1 else nullcontext():
+                loss = train_forward(input_ids=x, labels=y, shift_labels=y).loss / accum
+                accelerator.backward(loss)
+            loss_sum += loss.detach()
+        grad_norm = accelerator.clip_grad_norm_(model.parameters(), args.grad_clip or float("inf"))
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        done = step + 1
+        pending.append((done, lr, loss_sum, grad_norm))
+        progress.update(1)
+
+        is_last = done == args.max_steps
+        do_eval = args.eval_interval > 0 and (done % args.eval_interval == 0 or is_last)
+        do_save = (args.save_interval > 0 and done % args.save_interval == 0) or is_last
+        if not (done % args.log_interval == 0 or do_eval or do_save):
+            continue
+        # one host sync per log interval: mean over ranks of every pending step's loss
+        losses = accelerator.reduce(torch.stack([p[2] for p in pending]), reduction="mean").tolist()
+        norms = torch.stack([p[3].float() for p in pending]).tolist()
+        records = [
+            dict(step=s, loss=l, lr=r, grad_norm=n, tokens=s * args.total_batch_tokens)
+            for (s, r, _, _), l, n in zip(pending, losses, norms)
+        ]
+        pending = []
+        check_finite(records, last_good)
+        elapsed = time.perf_counter() - timer
+        tokens_per_sec = (done - timer_step) * args.total_batch_tokens / elapsed
+        records[-1]["tokens_per_sec"] = tokens_per_sec
+        if peak is not None:
+            records[-1]["mfu"] = flops_token * tokens_per_sec / (peak * world)
+        if do_eval:
+            records[-1].update(evaluate(done))
+        last = records[-1]
+        line = f"step {done:6d} | loss {last['loss']:.4f} | lr {lr:.3e} | norm {last['grad_norm']:.3f} | tok/s {tokens_per_sec:,.0f}"
+        if "mfu" in last:
+            line += f" | mfu {last['mfu']:.1%}"
+        if "val_loss" in last:
+            line += f" | val {last['val_loss']:.4f}"
+        if "hellaswag_acc_norm" in last:
+            line += f" | hellaswag {last['hellaswag_acc_norm']:.4f}"
+        if is_main:
+            progress.write(line)
+            for prompt_completion in last.get("samples", []):
+                progress.write(f"  sample: {prompt_completion!r}")
+            metrics.append(records)
+            progress.set_postfix(loss=f"{last['loss']:.4f}")
+        if tracker != "none":
+            for record in records:
+                accelerator.log({k: v for k, v in record.items() if k not in ("step", "samples")}, step=record["step"])
+        if do_save:
+            save_checkpoint(done)
+            last_good = checkpoints.path(done)
+        timer, timer_step = time.perf_counter(), done
+    progress.close()
+
+    final = export_final(accelerator, model, tokenizer, output_dir)
+    accelerator.print(f"done: {args.max_steps} steps; Hugging Face folder in {final}")
+    accelerator.end_training()
+
+
+if __name__ == "__main__":
+    main()
