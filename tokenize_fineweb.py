@@ -278,8 +278,8 @@ def _start_or_resume(args, out: Path, source, config):
                       if {**manifest.get("source", {}), **manifest.get("config", {})}.get(k) != {**source, **config}.get(k))
         raise TokenizeError(f"{out} holds a run with other settings ({', '.join(diff)} differ); "
                             "repeat its command to resume it, pick another --output, or pass --overwrite")
-    for shard in manifest.get("shards", []):
-        (out / shard["file"]).unlink(missing_ok=True)
+    for shard in [*out.glob("val_*.bin"), *out.glob("train_*.bin")]:
+        shard.unlink()
     (out / MANIFEST).unlink()
     return None
 
