@@ -9,6 +9,7 @@ Follows lm-evaluation-harness's `HFLM` conventions so the numbers compare with i
 - batches are right-padded: in a causal model padding after a sequence cannot change its logits.
 """
 
+import inspect
 from dataclasses import dataclass
 
 import torch
@@ -140,6 +141,12 @@ def score_requests(
     return merge(local, len(requests))
 
 
+def _takes_logits_to_keep(model) -> bool:
+    """Whether the model's forward accepts `logits_to_keep` (transformers' causal LMs do; DDP wrappers hide it)."""
+    module = getattr(model, "module", model)
+    return "logits_to_keep" in inspect.signature(module.forward).parameters
+
+
 def _score_batch(model, batch: list[Request], max_length: int, device) -> list[Score]:
     inputs, targets = [], []
     for request in batch:
@@ -153,11 +160,15 @@ def _score_batch(model, batch: list[Request], max_length: int, device) -> list[S
     input_ids = torch.zeros(len(batch), width, dtype=torch.long)  # right padding; pad id is irrelevant
     for b, ids in enumerate(inputs):
         input_ids[b, : len(ids)] = torch.tensor(ids)
-    logits = model(input_ids=input_ids.to(device)).logits  # (B, T, V)
+    # the LM head only needs the positions from the earliest continuation on (the rest is context)
+    keep = width - min(len(i) - len(t) for i, t in zip(inputs, targets))
+    kwargs = {"logits_to_keep": keep} if _takes_logits_to_keep(model) else {}
+    logits = model(input_ids=input_ids.to(device), **kwargs).logits  # (B, keep or T, V)
+    offset = width - logits.shape[1]
 
     # only the positions that predict continuation tokens go through log_softmax: (N, V), not (B, T, V)
     rows = torch.cat([torch.full((len(t),), b) for b, t in enumerate(targets)])
-    cols = torch.cat([torch.arange(len(i) - len(t), len(i)) for i, t in zip(inputs, targets)])
+    cols = torch.cat([torch.arange(len(i) - len(t), len(i)) for i, t in zip(inputs, targets)]) - offset
     target = torch.tensor([tok for t in targets for tok in t], device=logits.device)
     logprobs = logits[rows.to(logits.device), cols.to(logits.device)].float().log_softmax(-1)  # (N, V)
     token_ll = logprobs.gather(-1, target[:, None])[:, 0].cpu()
