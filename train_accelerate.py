@@ -155,6 +155,10 @@ class TrainArguments:
 ARGUMENT_CLASSES = (ModelArguments, DataArguments, TrainArguments)
 
 
+class ConfigError(ValueError):
+    """A setting that cannot work; the message names the value and what is accepted."""
+
+
 def _check_types(obj):
     """Values from YAML skip argparse's conversion: check them against the field types."""
     hints = get_type_hints(type(obj))  # HfArgumentParser rewrites Field.type in place
@@ -173,7 +177,7 @@ def _check_types(obj):
         else:
             ok = isinstance(value, kind)
         if not ok:
-            raise ValueError(f"{f.name}={value!r} must be of type {getattr(kind, '__name__', kind)}")
+            raise ConfigError(f"{f.name}={value!r} must be of type {getattr(kind, '__name__', kind)}")
 
 
 def parse_args(argv=None) -> tuple[ModelArguments, DataArguments, TrainArguments]:
@@ -186,14 +190,14 @@ def parse_args(argv=None) -> tuple[ModelArguments, DataArguments, TrainArguments
     if known.config:
         path = Path(known.config)
         if not path.is_file():
-            raise FileNotFoundError(f"--config {known.config}: no such file")
+            raise ConfigError(f"--config {known.config}: no such file")
         recipe = yaml.safe_load(path.read_text()) or {}
         if not isinstance(recipe, dict):
-            raise ValueError(f"{path} must hold a mapping of field: value, got {type(recipe).__name__}")
+            raise ConfigError(f"{path} must hold a mapping of field: value, got {type(recipe).__name__}")
         allowed = {f.name for cls in ARGUMENT_CLASSES for f in fields(cls)}
         unknown = sorted(set(recipe) - allowed)
         if unknown:
-            raise ValueError(f"{path}: unknown field(s) {unknown}; accepted fields: {sorted(allowed)}")
+            raise ConfigError(f"{path}: unknown field(s) {unknown}; accepted fields: {sorted(allowed)}")
         parser.set_defaults(**recipe)
     model_args, data_args, train_args, _ = parser.parse_args_into_dataclasses(args=argv)
     for obj in (model_args, data_args, train_args):
@@ -205,44 +209,44 @@ def parse_args(argv=None) -> tuple[ModelArguments, DataArguments, TrainArguments
 def validate_args(model_args: ModelArguments, data_args: DataArguments, args: TrainArguments):
     """Raise ValueError naming the bad value and what is accepted."""
     if model_args.init_from is None and model_args.model_preset not in PRESETS:
-        raise ValueError(f"model_preset={model_args.model_preset!r} is unknown; choose one of {sorted(PRESETS)}")
+        raise ConfigError(f"model_preset={model_args.model_preset!r} is unknown; choose one of {sorted(PRESETS)}")
     overrides = {k: getattr(model_args, k) for k in MODEL_OVERRIDES if getattr(model_args, k) is not None}
     if model_args.init_from is not None and overrides:
-        raise ValueError(f"model overrides {overrides} apply to a model trained from scratch, not with init_from")
+        raise ConfigError(f"model overrides {overrides} apply to a model trained from scratch, not with init_from")
     if data_args.data_dir is None:
-        raise ValueError("data_dir is not set: give the token shard folder in the recipe or with --data_dir")
+        raise ConfigError("data_dir is not set: give the token shard folder in the recipe or with --data_dir")
     for name in ("max_steps", "micro_batch_size", "seq_len", "total_batch_tokens", "log_interval", "sample_max_new_tokens"):
         if getattr(args, name) < 1:
-            raise ValueError(f"{name}={getattr(args, name)} must be >= 1")
+            raise ConfigError(f"{name}={getattr(args, name)} must be >= 1")
     for name in ("warmup_steps", "eval_interval", "save_interval", "keep_last_k", "val_batches"):
         if getattr(args, name) < 0:
-            raise ValueError(f"{name}={getattr(args, name)} must be >= 0")
+            raise ConfigError(f"{name}={getattr(args, name)} must be >= 0")
     if args.eval_interval and args.val_batches < 1 and not args.hellaswag and not args.sample_prompts:
-        raise ValueError(f"eval_interval={args.eval_interval} but val_batches=0, hellaswag off and no sample_prompts: nothing to evaluate")
+        raise ConfigError(f"eval_interval={args.eval_interval} but val_batches=0, hellaswag off and no sample_prompts: nothing to evaluate")
     if not args.learning_rate > 0:
-        raise ValueError(f"learning_rate={args.learning_rate} must be > 0")
+        raise ConfigError(f"learning_rate={args.learning_rate} must be > 0")
     if not 0 <= args.min_lr_ratio <= 1:
-        raise ValueError(f"min_lr_ratio={args.min_lr_ratio} must be in [0, 1]")
+        raise ConfigError(f"min_lr_ratio={args.min_lr_ratio} must be in [0, 1]")
     if args.weight_decay < 0 or args.grad_clip < 0 or args.adam_epsilon <= 0:
-        raise ValueError(
+        raise ConfigError(
             f"weight_decay={args.weight_decay} and grad_clip={args.grad_clip} must be >= 0, adam_epsilon={args.adam_epsilon} > 0"
         )
     for name in ("adam_beta1", "adam_beta2"):
         if not 0 <= getattr(args, name) < 1:
-            raise ValueError(f"{name}={getattr(args, name)} must be in [0, 1)")
+            raise ConfigError(f"{name}={getattr(args, name)} must be in [0, 1)")
     if args.mixed_precision is not None and args.mixed_precision not in MIXED_PRECISION:
-        raise ValueError(f"mixed_precision={args.mixed_precision!r} is not supported; use one of {MIXED_PRECISION}")
+        raise ConfigError(f"mixed_precision={args.mixed_precision!r} is not supported; use one of {MIXED_PRECISION}")
     if args.tracker not in TRACKERS:
-        raise ValueError(f"tracker={args.tracker!r} is not supported; use one of {TRACKERS}")
+        raise ConfigError(f"tracker={args.tracker!r} is not supported; use one of {TRACKERS}")
     if args.hellaswag_limit is not None and args.hellaswag_limit < 1:
-        raise ValueError(f"hellaswag_limit={args.hellaswag_limit} must be >= 1")
+        raise ConfigError(f"hellaswag_limit={args.hellaswag_limit} must be >= 1")
 
 
 def gradient_accumulation_steps(total_batch_tokens: int, micro_batch_size: int, seq_len: int, world_size: int) -> int:
     """Micro-steps per optimizer step so that every step sees exactly total_batch_tokens tokens."""
     per_micro_step = micro_batch_size * seq_len * world_size
     if total_batch_tokens % per_micro_step:
-        raise ValueError(
+        raise ConfigError(
             f"total_batch_tokens={total_batch_tokens} is not a multiple of micro_batch_size * seq_len * world_size = "
             f"{micro_batch_size} * {seq_len} * {world_size} = {per_micro_step}; change one of them "
             f"(e.g. total_batch_tokens={max(1, round(total_batch_tokens / per_micro_step)) * per_micro_step})"
@@ -431,11 +435,11 @@ def ensure_tokenized(data_args: DataArguments, accelerator: Accelerator):
         if manifest.is_file():
             return
         if data_args.tokenize_dataset is None:
-            raise FileNotFoundError(
+            raise ConfigError(
                 f"{manifest} not found: tokenize first (gpt-tokenize ... {data_args.data_dir}) or set tokenize_dataset"
             )
         if not accelerator.is_main_process:
-            raise FileNotFoundError(f"{manifest} is still missing after the main process tokenized into it")
+            raise ConfigError(f"{manifest} is still missing after the main process tokenized into it")
         import tokenize_fineweb
 
         argv = ["--dataset", data_args.tokenize_dataset, "--output", data_args.data_dir]
@@ -456,7 +460,7 @@ def build_model(model_args: ModelArguments, vocab_size: int, eot_id: int) -> GPT
         elif config.model_type == GPTConfig.model_type:
             model = GPTForCausalLM.from_pretrained(model_args.init_from, attn_implementation=model_args.attn_implementation)
         else:
-            raise ValueError(f"init_from={model_args.init_from!r} is a {config.model_type!r} model; use our GPT or GPT-2")
+            raise ConfigError(f"init_from={model_args.init_from!r} is a {config.model_type!r} model; use our GPT or GPT-2")
     else:
         overrides = {k: getattr(model_args, k) for k in MODEL_OVERRIDES if getattr(model_args, k) is not None}
         config = GPTConfig.from_preset(
@@ -540,8 +544,8 @@ def export_final(accelerator: Accelerator, model, tokenizer, output_dir: Path):
 def main(argv=None):
     try:
         train(argv)
-    except NonFiniteLossError as err:
-        sys.exit(f"error: {err}")
+    except (ConfigError, NonFiniteLossError) as err:
+        sys.exit(f"gpt-train: error: {err}")
 
 
 def train(argv=None):
@@ -569,7 +573,7 @@ def train(argv=None):
     set_seed(args.seed)  # the same initial weights on every process
     model = build_model(model_args, manifest["vocab_size"], manifest["eot_id"])
     if args.seq_len > model.config.n_positions:
-        raise ValueError(f"seq_len={args.seq_len} is longer than the model's n_positions={model.config.n_positions}")
+        raise ConfigError(f"seq_len={args.seq_len} is longer than the model's n_positions={model.config.n_positions}")
     flops_token = flops_per_token(model, args.seq_len)
     n_params = model.num_parameters()
 
@@ -597,18 +601,18 @@ def train(argv=None):
     if resume == "latest":
         resume = checkpoints.latest()
     elif resume is None and checkpoints.latest() is not None:
-        raise ValueError(
+        raise ConfigError(
             f"{output_dir} already holds checkpoints (latest {checkpoints.latest()}); pass "
             "--resume_from_checkpoint latest to continue that run, or choose another output_dir"
         )
     if resume is not None:
         resume = Path(resume)
         if not (resume / "trainer_state.json").is_file():
-            raise FileNotFoundError(f"resume_from_checkpoint={str(resume)!r} is not a complete checkpoint folder")
+            raise ConfigError(f"resume_from_checkpoint={str(resume)!r} is not a complete checkpoint folder")
         state = json.loads((resume / "trainer_state.json").read_text())
         for key in ("total_batch_tokens", "seq_len"):
             if state[key] != getattr(args, key):
-                raise ValueError(f"{resume} was trained with {key}={state[key]}; resuming with {getattr(args, key)} would change the data")
+                raise ConfigError(f"{resume} was trained with {key}={state[key]}; resuming with {getattr(args, key)} would change the data")
         accelerator.load_state(str(resume))
         train_loader.load_state_dict(state["train_loader"])  # its position is global: any world size resumes it
         start_step = state["step"]

@@ -77,7 +77,7 @@ def test_bad_recipes(tmp_path):
         ta.parse_args(["--config", write_yaml(tmp_path, "max_steps: 1.5\ndata_dir: d\n")])
     with pytest.raises(ValueError, match="data_dir is not set"):
         ta.parse_args([])
-    with pytest.raises(FileNotFoundError, match="no such file"):
+    with pytest.raises(ValueError, match="no such file"):
         ta.parse_args(["--config", str(tmp_path / "missing.yaml")])
 
 
