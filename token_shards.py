@@ -220,7 +220,7 @@ class ShardDataLoader:
             n = int(self._sizes[shard])
             if self.shuffle:
                 if shard not in self._bounds:
-                    self._bounds[shard] = np.flatnonzero(self._tokens[shard] == self.eot_id)
+                    self._bounds[shard] = np.flatnonzero(np.asarray(self._tokens[shard]) == self.eot_id)
                     if len(self._bounds) > 2:
                         self._bounds.popitem(last=False)
                 eots = self._bounds[shard]
