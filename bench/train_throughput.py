@@ -1,0 +1,356 @@
+"""Training throughput of one forward + backward + AdamW step: our GPTForCausalLM against transformers' own model.
+
+Both models hold the same weights (ours is converted with `to_hf_native()`: GPT2LMHeadModel for the classic
+presets, LlamaForCausalLM for gpt2.5), use sdpa attention, and run the same batches through the same loop in
+one process. Prints a table and writes JSON (tokens/s, step time, MFU, peak memory, losses).
+
+    # one GPU (the documented run): bf16 autocast, torch.compile, flash sdpa, fused AdamW
+    python bench/train_throughput.py --preset gpt2 --batch_size 32 --seq_len 1024
+    # this CPU: a small model in fp32
+    python bench/train_throughput.py --preset gpt2 --n_layer 4 --n_embd 256 --n_head 4 --seq_len 256 \
+        --batch_size 4 --threads 1 --output bench/results/train_cpu_small.json
+"""
+
+import os
+import sys
+
+# bench/tokenize.py shadows the standard library's `tokenize`: search bench/ last instead of first
+_HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _HERE] + [_HERE]
+
+import contextlib  # noqa: E402
+import json  # noqa: E402
+import subprocess  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from dataclasses import asdict, dataclass, field  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import torch  # noqa: E402
+import transformers  # noqa: E402
+from torch.nn.attention import SDPBackend, sdpa_kernel  # noqa: E402
+from transformers import HfArgumentParser  # noqa: E402
+
+from modeling_gpt import GPTConfig, GPTForCausalLM  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+# Dense (no sparsity) peak tensor throughput in TFLOP/s from the vendors' datasheets. Matched against
+# torch.cuda.get_device_name() in order, so the more specific names come first. "tf32" is what fp32
+# matmuls get once torch.set_float32_matmul_precision("high") lets them use tensor cores.
+PEAK_TFLOPS = [
+    ("H100 PCIe", {"bf16": 756.0, "fp16": 756.0, "tf32": 378.0, "fp32": 51.2}),
+    ("H100 NVL", {"bf16": 835.5, "fp16": 835.5, "tf32": 417.5, "fp32": 59.9}),
+    ("H100", {"bf16": 989.4, "fp16": 989.4, "tf32": 494.7, "fp32": 66.9}),  # SXM
+    ("GH200", {"bf16": 989.4, "fp16": 989.4, "tf32": 494.7, "fp32": 66.9}),
+    ("H200", {"bf16": 989.4, "fp16": 989.4, "tf32": 494.7, "fp32": 66.9}),
+    ("A100", {"bf16": 312.0, "fp16": 312.0, "tf32": 156.0, "fp32": 19.5}),
+    ("L40S", {"bf16": 362.1, "fp16": 362.1, "tf32": 183.0, "fp32": 91.6}),
+    ("L4", {"bf16": 121.0, "fp16": 121.0, "tf32": 60.0, "fp32": 30.3}),
+    ("A10G", {"bf16": 70.0, "fp16": 70.0, "tf32": 35.0, "fp32": 31.2}),
+    ("A10", {"bf16": 125.0, "fp16": 125.0, "tf32": 62.5, "fp32": 31.2}),
+    ("V100", {"fp16": 125.0, "fp32": 15.7}),
+]
+
+SDPA_BACKENDS = {
+    "flash": SDPBackend.FLASH_ATTENTION,
+    "cudnn": SDPBackend.CUDNN_ATTENTION,
+    "efficient": SDPBackend.EFFICIENT_ATTENTION,
+    "math": SDPBackend.MATH,
+}
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+MODELS = ("ours", "transformers")
+
+
+@dataclass
+class TrainBenchArguments:
+    preset: str = field(default="gpt2", metadata={"help": "model size from GPTConfig presets (gpt2, gpt2.5, tiny, ...)"})
+    n_layer: int | None = field(default=None, metadata={"help": "override the preset's number of layers"})
+    n_embd: int | None = field(default=None, metadata={"help": "override the preset's width"})
+    n_head: int | None = field(default=None, metadata={"help": "override the preset's number of heads"})
+    vocab_size: int | None = field(default=None, metadata={"help": "override the vocabulary (default GPT-2's 50257)"})
+    batch_size: int = field(default=8, metadata={"help": "micro-batch size"})
+    seq_len: int = field(default=1024, metadata={"help": "tokens per sequence"})
+    dtype: str = field(default="auto", metadata={"help": "autocast dtype: bf16, fp32 or auto (bf16 on GPU, fp32 on CPU)"})
+    compile: bool | None = field(default=None, metadata={"help": "torch.compile the whole model (default: on GPU only)"})
+    sdpa_backend: str = field(default="flash", metadata={"help": "sdpa kernel: flash, cudnn, efficient, math or auto"})
+    steps: int = field(default=20, metadata={"help": "timed steps per model and round"})
+    warmup: int = field(default=5, metadata={"help": "untimed steps first (compilation, allocator, caches)"})
+    rounds: int = field(default=1, metadata={"help": "alternate the models this many times; the best round counts"})
+    models: str = field(default="ours,transformers", metadata={"help": "comma-separated subset of ours,transformers"})
+    threads: int = field(default=0, metadata={"help": "torch CPU threads (0: torch's default)"})
+    peak_tflops: float | None = field(default=None, metadata={"help": "peak TFLOP/s for MFU where the table has none"})
+    lr: float = field(default=6e-4, metadata={"help": "AdamW learning rate"})
+    seed: int = field(default=1337, metadata={"help": "seed of the weights and the batches"})
+    device: str = field(default="auto", metadata={"help": "cuda, cpu or auto"})
+    output: str | None = field(default=None, metadata={"help": "JSON path (default bench/results/train_<device>_<preset>.json)"})
+
+
+def parse_models(models: str) -> list[str]:
+    names = [m.strip() for m in models.split(",") if m.strip()]
+    bad = [m for m in names if m not in MODELS]
+    if bad or not names:
+        raise ValueError(f"models={models!r} must be a comma-separated subset of {MODELS}")
+    return names
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device not in ("cuda", "cpu"):
+        raise ValueError(f"device={device!r} is not supported; use cuda, cpu or auto")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device='cuda' but torch sees no GPU; use --device cpu")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> str:
+    if dtype == "auto":
+        return "bf16" if device.type == "cuda" else "fp32"
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype={dtype!r} is not supported; use one of {sorted(DTYPES)} or auto")
+    return dtype
+
+
+def build_config(args) -> GPTConfig:
+    """The preset with the command line's overrides; the context grows to the benchmark's sequence if needed."""
+    overrides = {k: getattr(args, k) for k in ("n_layer", "n_embd", "n_head", "vocab_size") if getattr(args, k) is not None}
+    if "vocab_size" in overrides:  # end-of-text stays the last id of a smaller vocabulary
+        overrides["bos_token_id"] = overrides["eos_token_id"] = overrides["vocab_size"] - 1
+    config = GPTConfig.from_preset(args.preset, **overrides)
+    seq_len = getattr(args, "seq_len", 0)
+    if seq_len > config.n_positions:
+        config = GPTConfig.from_preset(args.preset, **overrides, n_positions=seq_len)
+    return config
+
+
+def build_models(config: GPTConfig, names: list[str], seed: int) -> dict[str, torch.nn.Module]:
+    """Ours and transformers' twin (GPT2LMHeadModel or LlamaForCausalLM) with identical weights, both on sdpa."""
+    torch.manual_seed(seed)
+    ours = GPTForCausalLM(config)
+    models = {"ours": ours, "transformers": ours.to_hf_native()}
+    for model in models.values():
+        model.set_attn_implementation("sdpa")
+    return {name: models[name] for name in names}
+
+
+@torch.no_grad()
+def max_logit_diff(models: dict, vocab_size: int, seed: int) -> float | None:
+    """Largest |logit difference| between the models on one batch: ~1e-5 proves they hold the same weights."""
+    if len(models) < 2:
+        return None
+    x = torch.randint(0, vocab_size, (2, 16), generator=torch.Generator().manual_seed(seed))
+    logits = []
+    for model in models.values():
+        training = model.training
+        model.eval()
+        logits.append(model(x).logits.float())
+        model.train(training)
+    return max((a - logits[0]).abs().max().item() for a in logits[1:])
+
+
+def matmul_params(config: GPTConfig) -> int:
+    """Parameters that take part in a matmul per token: the blocks and the output head (real vocabulary only).
+
+    Position embeddings are a lookup, not a matmul, and the padded vocabulary rows are not useful work, so
+    both models are charged the same FLOPs and their MFU ratio equals their throughput ratio.
+    """
+    C, n_inner = config.n_embd, config.n_inner
+    mlp = (3 if config.mlp == "swiglu" else 2) * C * n_inner
+    return config.n_layer * (4 * C * C + mlp) + config.vocab_size * C
+
+
+def flops_per_token(config: GPTConfig, seq_len: int) -> int:
+    """PaLM's training FLOPs per token (appendix B): 6N for the weights plus 12·L·H·Q·T for attention."""
+    L, H, Q = config.n_layer, config.n_head, config.head_dim
+    return 6 * matmul_params(config) + 12 * L * H * Q * seq_len
+
+
+def peak_tflops(device_name: str, dtype: str) -> float | None:
+    """Dense peak of the device for this dtype from PEAK_TFLOPS, or None for a CPU or an unlisted GPU."""
+    if dtype == "fp32" and torch.get_float32_matmul_precision() != "highest":
+        dtype = "tf32"
+    for key, peaks in PEAK_TFLOPS:
+        if key in device_name:
+            return peaks.get(dtype)
+    return None
+
+
+def make_batches(n: int, batch_size: int, seq_len: int, vocab_size: int, seed: int, pin: bool) -> list[torch.Tensor]:
+    """Random token batches on the host; pinned so that the copy to the GPU can overlap the previous step."""
+    g = torch.Generator().manual_seed(seed)
+    batches = [torch.randint(0, vocab_size, (batch_size, seq_len), generator=g) for _ in range(n)]
+    return [b.pin_memory() for b in batches] if pin else batches
+
+
+def static_bytes(model, optimizer) -> int:
+    """Bytes a model keeps between steps: weights and AdamW moments (gradients are freed by zero_grad)."""
+    tensors = list(model.parameters()) + [t for s in optimizer.state.values() for t in s.values() if torch.is_tensor(t)]
+    return sum(t.numel() * t.element_size() for t in {id(t): t for t in tensors}.values())
+
+
+class Runner:
+    """One model, its optimizer and the training step; `run(n)` does n steps with no host sync inside."""
+
+    def __init__(self, model, device, dtype: str, compile_model: bool, lr: float, batches):
+        self.model = model.to(device).train()
+        self.device = device
+        # fused AdamW: one kernel for the whole update instead of a loop over parameters
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.1, fused=True)
+        self.forward = torch.compile(self.model) if compile_model else self.model
+        self.autocast = torch.autocast(device.type, dtype=DTYPES[dtype], enabled=dtype != "fp32")
+        self.batches = batches
+        self.i = 0
+        self.losses = []  # loss tensors, read with .item() only after the timing
+
+    def step(self):
+        x = self.batches[self.i % len(self.batches)].to(self.device, non_blocking=True)
+        self.i += 1
+        with self.autocast:
+            loss = self.forward(input_ids=x, labels=x).loss
+        loss.backward()
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.losses.append(loss.detach())
+
+    def run(self, n: int) -> tuple[float, int | None]:
+        """Seconds for n steps, and the peak bytes this model alone would need (None on CPU)."""
+        cuda = self.device.type == "cuda"
+        if cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            start_bytes = torch.cuda.memory_allocated()
+        t0 = time.perf_counter()
+        for _ in range(n):
+            self.step()
+        if cuda:
+            torch.cuda.synchronize()
+        seconds = time.perf_counter() - t0
+        peak = None
+        if cuda:  # other models' weights live on the GPU too: count only this model's own bytes
+            peak = static_bytes(self.model, self.optimizer) + torch.cuda.max_memory_allocated() - start_bytes
+        return seconds, peak
+
+
+def git_commit() -> str | None:
+    try:
+        root = Path(__file__).resolve().parents[1]
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, check=True).stdout.strip()
+        return sha + ("-dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({torch.get_num_threads()} threads)"
+
+
+def environment(device: torch.device) -> dict:
+    return {"device": device_name(device), "commit": git_commit(), "torch": torch.__version__,
+            "transformers": transformers.__version__, "python": sys.version.split()[0]}
+
+
+def write_json(path: Path, payload: dict):
+    """Atomic write: a temp file in the same folder, then os.replace."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        json.dump(payload, f, indent=2)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def print_table(rows: list[dict], columns: list[tuple[str, str, str]]):
+    """columns: (key, header, format spec); None prints as '-'."""
+    cells = [[h for _, h, _ in columns]]
+    for row in rows:
+        cells.append(["-" if row.get(k) is None else format(row[k], spec) for k, _, spec in columns])
+    widths = [max(len(r[i]) for r in cells) for i in range(len(columns))]
+    for j, r in enumerate(cells):
+        print("  ".join(c.rjust(w) for c, w in zip(r, widths)))
+        if j == 0:
+            print("  ".join("-" * w for w in widths))
+
+
+def sdpa_context(backend: str):
+    if backend == "auto":
+        return contextlib.nullcontext()
+    if backend not in SDPA_BACKENDS:
+        raise ValueError(f"sdpa_backend={backend!r} is not supported; use one of {sorted(SDPA_BACKENDS)} or auto")
+    return sdpa_kernel(SDPA_BACKENDS[backend])
+
+
+def main(argv: list[str] | None = None) -> dict:
+    (args,) = HfArgumentParser(TrainBenchArguments).parse_args_into_dataclasses(args=argv)
+    names = parse_models(args.models)
+    device = resolve_device(args.device)
+    dtype = resolve_dtype(args.dtype, device)
+    compile_model = device.type == "cuda" if args.compile is None else args.compile
+    for key in ("batch_size", "seq_len", "steps", "rounds"):
+        if getattr(args, key) < 1:
+            raise ValueError(f"{key}={getattr(args, key)} must be at least 1")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if device.type == "cuda":
+        torch.set_float32_matmul_precision("high")  # TF32 tensor cores for whatever stays in fp32
+    config = build_config(args)
+    models = build_models(config, names, args.seed)
+    logit_diff = max_logit_diff(models, config.vocab_size, args.seed)
+    batches = make_batches(4, args.batch_size, args.seq_len, config.vocab_size, args.seed, pin=device.type == "cuda")
+    runners = {name: Runner(m, device, dtype, compile_model, args.lr, batches) for name, m in models.items()}
+
+    fpt = flops_per_token(config, args.seq_len)
+    peak = args.peak_tflops or peak_tflops(device_name(device), dtype)
+    tokens = args.batch_size * args.seq_len * args.steps
+    best = {name: (float("inf"), None) for name in names}
+    with sdpa_context(args.sdpa_backend):
+        for runner in runners.values():
+            runner.run(args.warmup)
+        for _ in range(args.rounds):  # alternate, so that a busy moment on a shared machine hits both models
+            for name, runner in runners.items():
+                seconds, peak_bytes = runner.run(args.steps)
+                if seconds < best[name][0]:
+                    best[name] = (seconds, peak_bytes)
+
+    rows = []
+    for name, runner in runners.items():
+        seconds, peak_bytes = best[name]
+        tps = tokens / seconds
+        losses = [loss.item() for loss in runner.losses]
+        rows.append({
+            "model": name, "class": type(runner.model).__name__, "tokens_per_s": tps,
+            "step_ms": 1000 * seconds / args.steps,
+            "mfu": tps * fpt / (peak * 1e12) if peak else None,
+            "peak_memory_gb": peak_bytes / 2**30 if peak_bytes is not None else None,
+            "first_loss": losses[0], "last_loss": losses[-1], "steps_run": len(losses),
+        })
+    ratio = rows[0]["tokens_per_s"] / rows[1]["tokens_per_s"] if len(rows) == 2 else None
+    result = {
+        "benchmark": "train_throughput", **environment(device),
+        "settings": {**asdict(args), "dtype": dtype, "compile": compile_model, "models": names},
+        "config": {k: getattr(config, k) for k in ("n_layer", "n_head", "n_embd", "n_inner", "vocab_size", "n_positions",
+                                                   "norm", "mlp", "position_embedding")}
+        | {"padded_vocab_size": config.padded_vocab_size},
+        "matmul_params": matmul_params(config), "flops_per_token": fpt, "peak_tflops": peak,
+        "max_logit_diff": logit_diff, "results": rows, "ratio_ours_vs_transformers": ratio,
+    }
+    output = Path(args.output) if args.output else RESULTS / f"train_{device.type}_{args.preset}.json"
+    write_json(output, result)
+
+    print(f"{result['device']} | {args.preset} L={config.n_layer} C={config.n_embd} | B={args.batch_size} "
+          f"T={args.seq_len} | {dtype} | compile={compile_model} | sdpa={args.sdpa_backend}")
+    print_table(rows, [("model", "model", ""), ("class", "class", ""), ("tokens_per_s", "tokens/s", ",.0f"),
+                       ("step_ms", "step ms", ".1f"), ("mfu", "MFU", ".1%"), ("peak_memory_gb", "peak GiB", ".2f"),
+                       ("last_loss", "loss", ".4f")])
+    if ratio is not None:
+        print(f"ours / transformers: {ratio:.3f}x   (max |logit diff| {logit_diff:.2e})")
+    print(f"wrote {output}")
+    return result
+
+
+if __name__ == "__main__":
+    main()

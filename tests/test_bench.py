@@ -1,0 +1,163 @@
+"""bench/train_throughput.py and bench/generate.py in their smallest configurations (CPU, tiny models).
+
+Speed itself is never asserted here; what is: both models hold the same weights and follow the same loop
+(equal logits, losses and generated tokens), the FLOPs and MFU arithmetic, the peak-FLOPs table, and the
+JSON each script writes.
+"""
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import GPT2LMHeadModel, LlamaForCausalLM
+
+from modeling_gpt import GPTConfig, GPTForCausalLM
+
+REPO = Path(__file__).resolve().parents[1]
+BENCH = REPO / "bench"
+TINY = ["--n_layer", "2", "--n_embd", "64", "--n_head", "4", "--vocab_size", "512", "--threads", "2"]
+
+
+def load(name: str):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+tt = load("train_throughput")
+gen = load("generate")
+
+
+def tiny_config(preset: str) -> GPTConfig:
+    extra = {"n_inner": 128} if preset == "gpt2.5" else {}
+    return GPTConfig.from_preset(preset, n_layer=2, n_embd=64, n_head=4, n_positions=64, vocab_size=500,
+                                 bos_token_id=499, eos_token_id=499, **extra)
+
+
+def test_flops_per_token_of_gpt2_matches_the_issue_target():
+    config = GPTConfig.from_preset("gpt2")
+    assert tt.matmul_params(config) == 12 * 12 * 768**2 + 50257 * 768  # 123.5M: blocks + head, no wpe
+    fpt = tt.flops_per_token(config, 1024)
+    assert fpt == 6 * tt.matmul_params(config) + 12 * 12 * 12 * 64 * 1024
+    # 45% MFU of an H100's 989 TFLOP/s is "about 520K tokens/s" for the 124M model at T=1024
+    assert 515_000 < 0.45 * tt.peak_tflops("NVIDIA H100 80GB HBM3", "bf16") * 1e12 / fpt < 525_000
+
+
+@pytest.mark.parametrize("preset", ["tiny", "gpt2.5"])
+def test_matmul_params_counts_the_model_linears(preset):
+    config = tiny_config(preset)
+    model = GPTForCausalLM(config)
+    blocks = sum(m.weight.numel() for name, m in model.named_modules()
+                 if isinstance(m, torch.nn.Linear) and name.startswith("transformer.h."))
+    assert tt.matmul_params(config) == blocks + config.vocab_size * config.n_embd
+
+
+def test_peak_tflops_table():
+    assert tt.peak_tflops("NVIDIA H100 80GB HBM3", "bf16") == 989.4
+    assert tt.peak_tflops("NVIDIA H100 PCIe", "bf16") == 756.0
+    assert tt.peak_tflops("NVIDIA H200", "bf16") == 989.4
+    assert tt.peak_tflops("NVIDIA A100-SXM4-80GB", "bf16") == 312.0
+    assert tt.peak_tflops("NVIDIA A10G", "bf16") == 70.0
+    assert tt.peak_tflops("NVIDIA L40S", "bf16") == 362.1
+    assert tt.peak_tflops("cpu (2 threads)", "fp32") is None
+    before = torch.get_float32_matmul_precision()
+    try:  # fp32 matmuls on tensor cores run at the TF32 peak
+        torch.set_float32_matmul_precision("high")
+        assert tt.peak_tflops("NVIDIA H100 80GB HBM3", "fp32") == 494.7
+        torch.set_float32_matmul_precision("highest")
+        assert tt.peak_tflops("NVIDIA H100 80GB HBM3", "fp32") == 66.9
+    finally:
+        torch.set_float32_matmul_precision(before)
+
+
+@pytest.mark.parametrize("preset, native", [("tiny", GPT2LMHeadModel), ("gpt2.5", LlamaForCausalLM)])
+def test_build_models_share_weights_and_use_sdpa(preset, native):
+    models = tt.build_models(tiny_config(preset), ["ours", "transformers"], seed=0)
+    assert isinstance(models["ours"], GPTForCausalLM) and isinstance(models["transformers"], native)
+    assert all(m.config._attn_implementation == "sdpa" for m in models.values())
+    assert tt.max_logit_diff(models, 500, seed=0) < 1e-5
+
+
+def test_static_bytes_counts_weights_and_adamw_moments():
+    model = GPTForCausalLM(tiny_config("tiny"))
+    optimizer = torch.optim.AdamW(model.parameters(), fused=True)
+    x = torch.randint(0, 500, (2, 8))
+    model(x, labels=x).loss.backward()
+    optimizer.step()
+    params = list(model.parameters())  # the tied head is one tensor, counted once
+    param_bytes = sum(p.numel() * p.element_size() for p in params)
+    assert tt.static_bytes(model, optimizer) == 3 * param_bytes + 4 * len(params)  # + one fp32 step each
+
+
+@pytest.mark.parametrize("preset, dtype", [("gpt2", "fp32"), ("gpt2.5", "fp32"), ("gpt2", "bf16")])
+def test_train_throughput_runs_both_models_on_the_same_weights(tmp_path, capsys, preset, dtype):
+    out = tmp_path / "train.json"
+    argv = ["--preset", preset, *TINY, "--seq_len", "32", "--batch_size", "2", "--steps", "2", "--warmup", "1",
+            "--rounds", "2", "--dtype", dtype, "--peak_tflops", "1.0", "--output", str(out)]
+    tt.main(argv)
+    result = json.loads(out.read_text())
+    ours, theirs = result["results"]
+    assert (ours["model"], theirs["model"]) == ("ours", "transformers")
+    assert theirs["class"] == ("LlamaForCausalLM" if preset == "gpt2.5" else "GPT2LMHeadModel")
+    assert result["max_logit_diff"] < 1e-5
+    assert ours["steps_run"] == theirs["steps_run"] == 1 + 2 * 2
+    # same weights, same batches, same AdamW updates: the same losses, step after step
+    tol = 2e-2 if dtype == "bf16" else 1e-4
+    assert ours["first_loss"] == pytest.approx(theirs["first_loss"], abs=tol)
+    assert ours["last_loss"] == pytest.approx(theirs["last_loss"], abs=tol)
+    assert ours["last_loss"] < ours["first_loss"]
+    fpt = tt.flops_per_token(GPTConfig.from_preset(preset, n_layer=2, n_embd=64, n_head=4, vocab_size=512), 32)
+    assert result["flops_per_token"] == fpt
+    for row in (ours, theirs):
+        assert row["mfu"] == pytest.approx(row["tokens_per_s"] * fpt / 1e12)
+        assert row["peak_memory_gb"] is None  # CPU: torch.cuda memory stats do not apply
+    assert result["ratio_ours_vs_transformers"] == pytest.approx(ours["tokens_per_s"] / theirs["tokens_per_s"])
+    assert result["settings"]["dtype"] == dtype and result["settings"]["compile"] is False
+    table = capsys.readouterr().out
+    assert "ours / transformers" in table and "GPTForCausalLM" in table
+
+
+def test_generate_runs_both_models_to_the_same_tokens(tmp_path, capsys):
+    out = tmp_path / "generate.json"
+    gen.main(["--preset", "gpt2", *TINY, "--batch_sizes", "1,3", "--prompt_len", "8", "--new_tokens", "6",
+              "--rounds", "1", "--output", str(out)])
+    result = json.loads(out.read_text())
+    rows = result["results"]
+    assert [(r["batch_size"], r["model"]) for r in rows] == [(1, "ours"), (1, "transformers"),
+                                                             (3, "ours"), (3, "transformers")]
+    assert all(r["generated"] == 6 and r["same_tokens"] for r in rows)
+    for a, b in (rows[:2], rows[2:]):
+        assert a["ratio"] == b["ratio"] == pytest.approx(a["tokens_per_s"] / b["tokens_per_s"])
+        assert a["tokens_per_s"] == pytest.approx(a["batch_size"] * 6 / (a["ms_per_token"] * 6 / 1000))
+    assert "same tokens" in capsys.readouterr().out
+
+
+def test_scripts_run_from_the_command_line(tmp_path):
+    # bench/ holds a tokenize.py: running a script from there must still import the standard library's
+    out = tmp_path / "generate.json"
+    cmd = [sys.executable, str(BENCH / "generate.py"), "--preset", "tiny", "--vocab_size", "512", "--models", "ours",
+           "--batch_sizes", "1", "--prompt_len", "4", "--new_tokens", "2", "--rounds", "1", "--output", str(out)]
+    subprocess.run(cmd, cwd=REPO, check=True, capture_output=True, timeout=120)
+    assert json.loads(out.read_text())["results"][0]["generated"] == 2
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--models", "ours,gpt3"], "subset of"),
+    (["--dtype", "fp16"], "dtype='fp16'"),
+    (["--batch_size", "0"], "batch_size=0"),
+    (["--sdpa_backend", "fast"], "sdpa_backend='fast'"),
+])
+def test_train_throughput_rejects_bad_settings(tmp_path, argv, message):
+    with pytest.raises(ValueError, match=message):
+        tt.main(["--preset", "tiny", *TINY, "--seq_len", "8", "--batch_size", "1", "--steps", "1", "--warmup", "0",
+                 *argv, "--output", str(tmp_path / "x.json")])
+
+
+def test_generate_rejects_bad_batch_sizes(tmp_path):
+    with pytest.raises(ValueError, match="batch_sizes='1,x'"):
+        gen.main(["--preset", "tiny", "--batch_sizes", "1,x", "--output", str(tmp_path / "x.json")])
