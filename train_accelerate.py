@@ -555,6 +555,8 @@ def train(argv=None):
     if tracker == "auto":
         tracker = "tensorboard" if _tensorboard_installed() else "none"
     accelerator = Accelerator(
+        # without a GPU, `accelerate launch --multi_gpu` processes must ask for CPU to get DDP over gloo
+        cpu=not torch.accelerator.is_available(),
         mixed_precision=args.mixed_precision,
         log_with=None if tracker == "none" else tracker,
         project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "runs")),
