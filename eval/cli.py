@@ -75,7 +75,8 @@ def evaluate_main(argv) -> dict:
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # started by accelerate launch / torchrun
         from accelerate import Accelerator
 
-        accelerator = Accelerator()
+        # without CUDA, accelerate 1.x only sets up gloo (MULTI_CPU) when asked for the CPU explicitly
+        accelerator = Accelerator(cpu=not torch.cuda.is_available())
     model, tokenizer = _load(args)
     device = accelerator.device if accelerator else torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model.to(device)
@@ -97,7 +98,8 @@ def evaluate_main(argv) -> dict:
 
     if main_process:
         print(format_table(results))
-        print(f"{args.model} | scoring {args.scoring} | {seconds:.1f} s")
+        processes = accelerator.num_processes if accelerator else 1
+        print(f"{args.model} | scoring {args.scoring} | {processes} process(es) | {seconds:.1f} s")
         if args.output:
             config = {k: v for k, v in vars(args).items() if k not in ("model", "output")}
             path = save_results(results, args.output, model_name=args.model, scoring=args.scoring, config=config)

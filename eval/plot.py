@@ -58,7 +58,7 @@ def plot_runs(runs, output_dir) -> list[Path]:
             if x:
                 ax.plot(x, y, color=colors[i % len(colors)], marker="o", markersize=3, label=name)
         for (label, value), style in zip(REFERENCES.items(), ("--", ":")):
-            ax.axhline(value, color="gray", linestyle=style, label=f"{label} ({value})")
+            ax.axhline(value, color="gray", linestyle=style, label=f"{label} ({value}, nanogpt scoring)")
         ax.set(xlabel="tokens seen", ylabel="acc_norm", title="HellaSwag")
         ax.xaxis.set_major_formatter(EngFormatter())
         ax.grid(alpha=0.3)
