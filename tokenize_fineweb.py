@@ -360,7 +360,7 @@ def run(args: TokenizeArguments) -> dict:
     stop_reason = "max_tokens" if stopped else "end_of_data"
     workers = args.workers or len(os.sched_getaffinity(0))
     bar = tqdm(total=max_tokens, initial=tokens_done, unit="tok", unit_scale=True, dynamic_ncols=True, desc="tokenize")
-    t_stream = time.perf_counter()
+    t_stream, cpu_stream = time.perf_counter(), time.process_time()
     records = _records(ds, args.text_column, resume)
     pending, exhausted = deque(), False
     with ThreadPoolExecutor(workers) as pool:
@@ -426,7 +426,9 @@ def run(args: TokenizeArguments) -> dict:
         stream["resume"] = None
         write_json_atomic(out / MANIFEST, manifest)
     t_end = time.perf_counter()
-    return {**manifest, "timings": {"setup_s": t_stream - t_start, "stream_s": t_end - t_stream, "total_s": t_end - t_start}}
+    timings = {"setup_s": t_stream - t_start, "stream_s": t_end - t_stream, "total_s": t_end - t_start,
+               "stream_cpu_s": time.process_time() - cpu_stream}  # CPU seconds of all threads: stream_cpu_s / stream_s = cores busy
+    return {**manifest, "timings": timings}
 
 
 def main(argv=None) -> None:

@@ -1,6 +1,6 @@
 """Tokenization throughput: tokenize_fineweb.py end to end against single-process tiktoken.
 
-    python bench/tokenize.py                   # ~50 MB of text, best of 3, writes bench/results/tokenize_cpu.json
+    python bench/tokenize.py                   # ~50 MB of text, best of 5, writes bench/results/tokenize_cpu.json
 
 The text is the local FineWeb-Edu stand-in (../shared/data/fineweb-edu-mini) repeated to ~50 MB and
 written as one parquet file. Rows:
@@ -63,7 +63,7 @@ def baseline(texts) -> tuple[float, int]:
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--mb", type=float, default=50.0, help="approximate size of the text in MB")
-    parser.add_argument("--repeats", type=int, default=3, help="runs of each configuration; the best counts")
+    parser.add_argument("--repeats", type=int, default=5, help="runs of each configuration; the best counts")
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 1], help="encoder threads to try (0: all cores)")
     parser.add_argument("--shard-size", type=int, default=2_000_000, help="tokens per shard")
     parser.add_argument("--output", default=str(REPO / "bench" / "results" / "tokenize_cpu.json"))
@@ -74,7 +74,9 @@ def main():
         corpus, texts = make_corpus(tmp, args.mb)
         text_mb = sum(len(t.encode("utf-8")) for t in texts) / 1e6
         cmd = ["--data-files", str(corpus), "--shard-size", str(args.shard_size), "--val-tokens", str(args.shard_size)]
-        base_s, stream_s, run_s, cli_s = [], {w: [] for w in args.workers}, {w: [] for w in args.workers}, []
+        base_s, cli_s = [], []
+        stream_s, run_s, busy = ({w: [] for w in args.workers} for _ in range(3))
+        load_before = os.getloadavg()
         tokens = None
         for _ in range(args.repeats):
             seconds, tokens = baseline(texts)
@@ -87,6 +89,7 @@ def main():
                 if result["stream"]["tokens"] != tokens:
                     raise SystemExit(f"tokenize_fineweb wrote {result['stream']['tokens']} tokens, tiktoken counts {tokens}")
                 stream_s[w].append(result["timings"]["stream_s"])
+                busy[w].append(result["timings"]["stream_cpu_s"] / result["timings"]["stream_s"])
                 run_s[w].append(result["timings"]["total_s"])
         out = tmp / "cli"
         t = time.perf_counter()
@@ -94,29 +97,33 @@ def main():
                        stderr=subprocess.DEVNULL)
         cli_s.append(time.perf_counter() - t)
 
+    load_after = os.getloadavg()
     cores = len(os.sched_getaffinity(0))
     best = min(base_s)
-    rows = [("baseline: tiktoken encode_ordinary, 1 process", 1, best)]
+    rows = [("baseline: tiktoken encode_ordinary, 1 process", 1, best, None)]
     for w in args.workers:
-        threads = w or cores
-        rows.append(("tokenize_fineweb stream (read+tokenize+write)", threads, min(stream_s[w])))
-        rows.append(("tokenize_fineweb run() incl. set-up", threads, min(run_s[w])))
-    rows.append(("gpt-tokenize CLI incl. Python start-up", cores, min(cli_s)))
+        threads, i = w or cores, stream_s[w].index(min(stream_s[w]))
+        rows.append(("tokenize_fineweb stream (read+tokenize+write)", threads, stream_s[w][i], busy[w][i]))
+        rows.append(("tokenize_fineweb run() incl. set-up", threads, min(run_s[w]), None))
+    rows.append(("gpt-tokenize CLI incl. Python start-up", cores, min(cli_s), None))
 
-    print(f"\n{text_mb:.1f} MB of text, {tokens:,} tokens, {cores} cores, best of {args.repeats}\n")
-    print(f"{'what':<48} {'threads':>7} {'seconds':>8} {'Mtok/s':>7} {'MB/s':>6} {'vs baseline':>11}")
-    for name, threads, seconds in rows:
-        print(f"{name:<48} {threads:>7} {seconds:>8.2f} {tokens / seconds / 1e6:>7.2f} {text_mb / seconds:>6.1f} {best / seconds:>10.2f}x")
+    print(f"\n{text_mb:.1f} MB of text, {tokens:,} tokens, {cores} cores, best of {args.repeats}; "
+          f"load average {load_before[0]:.1f} before, {load_after[0]:.1f} after (other work slows every row)\n")
+    print(f"{'what':<48} {'threads':>7} {'seconds':>8} {'Mtok/s':>7} {'MB/s':>6} {'cores busy':>10} {'vs baseline':>11}")
+    for name, threads, seconds, cpu in rows:
+        print(f"{name:<48} {threads:>7} {seconds:>8.2f} {tokens / seconds / 1e6:>7.2f} {text_mb / seconds:>6.1f} "
+              f"{'' if cpu is None else f'{cpu:.2f}':>10} {best / seconds:>10.2f}x")
 
     report = {
         "machine": {"cores": cores, "cpu": platform.processor() or platform.machine(), "python": platform.python_version(),
                     "tiktoken": tiktoken.__version__},
         "text_mb": round(text_mb, 2), "tokens": tokens, "repeats": args.repeats, "shard_size": args.shard_size,
         "baseline_s": base_s,
-        "runs": {str(w or cores): {"stream_s": stream_s[w], "run_s": run_s[w]} for w in args.workers},
+        "load_average_before_after": [load_before[0], load_after[0]],
+        "runs": {str(w or cores): {"stream_s": stream_s[w], "run_s": run_s[w], "cores_busy": busy[w]} for w in args.workers},
         "cli_s": cli_s,
         "table": [{"what": name, "threads": threads, "seconds": round(seconds, 3), "tokens_per_s": round(tokens / seconds),
-                   "speedup_vs_baseline": round(best / seconds, 3)} for name, threads, seconds in rows],
+                   "speedup_vs_baseline": round(best / seconds, 3)} for name, threads, seconds, _ in rows],
     }
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text(json.dumps(report, indent=2) + "\n")
