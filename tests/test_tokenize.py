@@ -84,7 +84,8 @@ def test_mini_round_trip_and_exact_counts(mini_run, mini_docs, enc):
         assert token_shards.read_shard_header(mini_run / s["file"]) == (np.dtype("<u2"), s["tokens"])
 
     tokens = stream(mini_run)
-    assert [enc.decode(d.tolist()) for d in documents(tokens, 50256)] == texts
+    docs = documents(tokens, 50256)
+    assert [enc.decode(d.tolist()) for d in docs] == texts
     assert tokens.size == sum(s["tokens"] for s in shards)
 
     # the saved tokenizer is GPT-2's, whichever way it was built
@@ -93,7 +94,7 @@ def test_mini_round_trip_and_exact_counts(mini_run, mini_docs, enc):
     saved = token_shards.load_tokenizer(mini_run)
     reference = gpt2_tokenizer(SHARED / "gpt2-tokenizer")
     assert token_shards.tokenizer_hash(saved) == token_shards.tokenizer_hash(reference) == manifest["tokenizer"]["hash"]
-    assert saved.decode(tokens[1:200].tolist()) == texts[0][:len(saved.decode(tokens[1:200].tolist()))]
+    assert saved.decode(docs[0].tolist()) == texts[0]
 
     loader = token_shards.ShardDataLoader(mini_run, split="val", batch_size=2, seq_len=64, vocab_size=50257, eot_id=50256,
                                           tokenizer_hash=token_shards.tokenizer_hash(reference))
