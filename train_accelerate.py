@@ -730,7 +730,9 @@ def train(argv=None):
             progress.set_postfix(loss=f"{last['loss']:.4f}")
         if tracker != "none":
             for record in records:
-                accelerator.log({k: v for k, v in record.items() if k not in ("step", "samples")}, step=record["step"])
+                values = {k: v for k, v in record.items() if k not in ("step", "samples")}
+                values.update({f"sample_{i}": text for i, text in enumerate(record.get("samples", []))})
+                accelerator.log(values, step=record["step"])
         if do_save:
             save_checkpoint(done)
             last_good = checkpoints.path(done)

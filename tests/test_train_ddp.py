@@ -26,6 +26,8 @@ learning_rate: 3.0e-3
 warmup_steps: 2
 eval_interval: 3
 val_batches: 3
+hellaswag: true
+hellaswag_limit: 8
 sample_prompts: []
 log_interval: 2
 save_interval: 0
@@ -52,7 +54,7 @@ def root(tmp_path_factory):
     tokenize_fineweb.main(["--dataset", str(MINI), "--name", "sample-10BT", "--output", str(root / "data"), "--train-tokenizer",
                            "--vocab-size", "512", "--tokenizer-train-docs", "20", "--max-docs", "20",
                            "--shard-size", "40000", "--val-tokens", "4096"])
-    (root / "recipe.yaml").write_text(RECIPE)
+    (root / "recipe.yaml").write_text(RECIPE + f"hellaswag_data_dir: {SHARED}\n")
     return root
 
 
@@ -70,11 +72,11 @@ def test_two_processes_equal_one_process_with_accumulation(root):
 
     one, two = ([json.loads(line) for line in (root / name / "metrics.jsonl").read_text().splitlines()] for name in ("single", "ddp"))
     assert [r["step"] for r in two] == list(range(1, 7))  # one line per step, written by the main process only
-    for key in ("loss", "grad_norm", "val_loss"):
+    for key in ("loss", "grad_norm", "val_loss", "hellaswag_acc_norm"):  # evaluation is split over the ranks too
         torch.testing.assert_close(torch.tensor([r.get(key, 0.0) for r in two]), torch.tensor([r.get(key, 0.0) for r in one]),
                                    rtol=1e-5, atol=1e-5, msg=key)
     assert [r["lr"] for r in two] == [r["lr"] for r in one]
-    assert "val_loss" in two[2] and "val_loss" in two[5]
+    assert "val_loss" in two[2] and 0 <= two[5]["hellaswag_acc_norm"] <= 1
     want, got = load_file(root / "single" / "final" / "model.safetensors"), load_file(root / "ddp" / "final" / "model.safetensors")
     assert want.keys() == got.keys()
     for name in want:
