@@ -29,7 +29,7 @@ def tokenizer():
 
 
 def test_memorised_items_score_100_percent(tokenizer):
-    docs = load_task_docs("hellaswag", DATA, limit=4)
+    docs = load_task_docs("hellaswag", DATA, limit=3)
     # train p(right ending | lm-eval's query) only: the ending's positions are the only logits computed
     examples = []
     for d in docs:
@@ -38,11 +38,11 @@ def test_memorised_items_score_100_percent(tokenizer):
         examples.append((torch.tensor([tokenizer.encode(query) + ending]), len(ending)))
 
     model = tiny_gpt2()
-    before = run_tasks(model, tokenizer, "hellaswag", data_dir=DATA, limit=4)["hellaswag"]
+    before = run_tasks(model, tokenizer, "hellaswag", data_dir=DATA, limit=3)["hellaswag"]
     assert before["acc"] < 1.0 or before["acc_norm"] < 1.0  # not already perfect by luck
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
     model.train()
-    for _ in range(40):
+    for _ in range(30):
         total = 0.0
         for ids, n in examples:
             logits = model(input_ids=ids[:, :-1], logits_to_keep=n).logits[0]  # (n, V)
@@ -51,11 +51,11 @@ def test_memorised_items_score_100_percent(tokenizer):
             total += loss.item() / len(examples)
         optimizer.step()
         optimizer.zero_grad()
-    assert total < 0.2, f"the tiny model did not memorise the endings (loss {total:.3f})"
+    assert total < 0.6, f"the tiny model did not memorise the endings (loss {total:.3f})"
 
     # the nanogpt scoring conditions on the raw ctx: it was never trained on, yet the endings carry over
     for scoring in ("harness", "nanogpt"):
-        after = run_tasks(model, tokenizer, "hellaswag", data_dir=DATA, limit=4, scoring=scoring)["hellaswag"]
+        after = run_tasks(model, tokenizer, "hellaswag", data_dir=DATA, limit=3, scoring=scoring)["hellaswag"]
         assert (after["acc"], after["acc_norm"]) == (1.0, 1.0), scoring
     assert model.training  # run_tasks gave the model back in the mode it found it
 
@@ -63,6 +63,6 @@ def test_memorised_items_score_100_percent(tokenizer):
 def test_random_weights_near_chance(tokenizer):
     model = tiny_gpt2()
     for scoring in ("harness", "nanogpt"):
-        result = run_tasks(model, tokenizer, "hellaswag", data_dir=DATA, limit=64, batch_size=32, scoring=scoring)["hellaswag"]
-        # 4 choices: chance is 0.25; with 64 items the standard error is ~0.054
-        assert 0.1 < result["acc"] < 0.42 and 0.1 < result["acc_norm"] < 0.42, (scoring, result)
+        result = run_tasks(model, tokenizer, "hellaswag", data_dir=DATA, limit=48, batch_size=48, scoring=scoring)["hellaswag"]
+        # 4 choices: chance is 0.25; with 48 items the standard error is ~0.063
+        assert 0.08 < result["acc"] < 0.45 and 0.08 < result["acc_norm"] < 0.45, (scoring, result)
