@@ -14,6 +14,7 @@ import argparse
 import json
 import math
 import os
+import platform
 import shutil
 import sys
 import time
@@ -598,7 +599,7 @@ def train(argv=None):
 
     checkpoints = CheckpointManager(output_dir / "checkpoints", args.keep_last_k)
     metrics = MetricsLog(output_dir / "metrics.jsonl")
-    start_step = 0
+    start_step, elapsed_before, run_start = 0, 0.0, time.perf_counter()
     resume = args.resume_from_checkpoint
     if resume == "latest":
         resume = checkpoints.latest()
@@ -612,6 +613,7 @@ def train(argv=None):
         if not (resume / "trainer_state.json").is_file():
             raise ConfigError(f"resume_from_checkpoint={str(resume)!r} is not a complete checkpoint folder")
         state = json.loads((resume / "trainer_state.json").read_text())
+        elapsed_before = state.get("elapsed_seconds", 0.0)
         for key in ("total_batch_tokens", "seq_len"):
             if state[key] != getattr(args, key):
                 raise ConfigError(f"{resume} was trained with {key}={state[key]}; resuming with {getattr(args, key)} would change the data")
@@ -624,10 +626,13 @@ def train(argv=None):
         metrics.truncate(start_step)  # a resumed run redoes the steps after its checkpoint
     accelerator.wait_for_everyone()
 
+    settings = {k: v for obj in (model_args, data_args, args) for k, v in asdict(obj).items()}
     if tracker != "none":
-        flat = {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for obj in (model_args, data_args, args) for k, v in asdict(obj).items()}
+        # TensorBoard's hparams take scalars only
+        flat = {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in settings.items()}
         accelerator.init_trackers(args.run_name or output_dir.resolve().name, config=flat)
-    peak = peak_flops(torch.cuda.get_device_name(device)) if device.type == "cuda" else None
+    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or device.type
+    peak = peak_flops(device_name) if device.type == "cuda" else None
     if accelerator.mixed_precision not in ("bf16", "fp16"):
         peak = None  # the table holds bf16 tensor-core peaks
     accelerator.print(
@@ -641,9 +646,14 @@ def train(argv=None):
         accelerator.save_state(str(tmp))
         accelerator.wait_for_everyone()
         if is_main:
-            state = dict(step=step, tokens=step * args.total_batch_tokens, world_size=world,
-                         total_batch_tokens=args.total_batch_tokens, seq_len=args.seq_len,
-                         train_loader=train_loader.state_dict())
+            state = dict(
+                step=step, tokens=step * args.total_batch_tokens, world_size=world,
+                total_batch_tokens=args.total_batch_tokens, seq_len=args.seq_len,
+                elapsed_seconds=elapsed_before + time.perf_counter() - run_start,
+                hardware=dict(device=device_name, processes=world, distributed=str(accelerator.distributed_type)),
+                tokenizer_hash=token_shards.tokenizer_hash(tokenizer), train_loader=train_loader.state_dict(),
+                model_config=eval_model.config.to_dict(), config=settings,
+            )
             # written last: a folder without it is never picked by a resume
             (tmp / "trainer_state.json").write_text(json.dumps(state, indent=2))
             checkpoints.commit(step)
