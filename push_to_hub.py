@@ -44,7 +44,6 @@ class Source:
 
     model: GPTForCausalLM
     tokenizer: object
-    path: Path
     run_dir: Path | None = None
     trainer_state: dict = field(default_factory=dict)
     metrics: list = field(default_factory=list)  # metrics.jsonl rows up to the exported step
@@ -206,7 +205,7 @@ def load_source(checkpoint, tokenizer=None) -> Source:
         if model_type != GPTConfig.model_type:
             raise ValueError(f"{path}/config.json has model_type {model_type!r}; gpt-push publishes this project's 'gpt' models")
         model = GPTForCausalLM.from_pretrained(path, dtype="auto")
-        state = _read_json(path / "trainer_state.json") if (path / "trainer_state.json").is_file() else _latest_trainer_state(run_dir)
+        state = _latest_trainer_state(run_dir)  # the run's checkpoints know the arguments, hardware and time
         max_step = None
     elif (path / "trainer_state.json").is_file():
         state = _read_json(path / "trainer_state.json")
@@ -226,7 +225,7 @@ def load_source(checkpoint, tokenizer=None) -> Source:
     model.eval()
     tok = _load_tokenizer(path, tokenizer, state, run_dir)
     _check_tokenizer(tok, model.config, state)
-    return Source(model, tok, path, run_dir, state, _read_metrics(run_dir, max_step))
+    return Source(model, tok, run_dir, state, _read_metrics(run_dir, max_step))
 
 
 # ----------------------------------------------------------------------------- the model card
@@ -260,7 +259,7 @@ def read_eval_entries(paths) -> list[dict]:
     return entries
 
 
-def _eval_results(entries, model_name: str) -> list[EvalResult]:
+def _eval_results(entries) -> list[EvalResult]:
     return [
         EvalResult(
             task_type="text-generation", task_name="Text Generation",
@@ -353,7 +352,10 @@ def _training_rows(source: Source) -> list[tuple[str, str]]:
         if _first(args, key) is not None:
             rows.append((name, str(args[key])))
     hardware = _first(state, "hardware")
-    if isinstance(hardware, dict):
+    if isinstance(hardware, dict) and {"device", "processes"} <= hardware.keys():
+        distributed = str(hardware.get("distributed", "NO")).removeprefix("DistributedType.")
+        hardware = f"{hardware['processes']} x {hardware['device']}" + (f" ({distributed})" if distributed != "NO" else "")
+    elif isinstance(hardware, dict):
         hardware = ", ".join(f"{k}: {v}" for k, v in hardware.items())
     if not hardware and _first(args, "world_size"):
         hardware = f"{args['world_size']} process(es)"
@@ -397,15 +399,15 @@ def build_card(source: Source, repo_id: str, *, native: bool, entries, samples, 
         language="en", license=license, datasets=[DATASET], pipeline_tag="text-generation",
         library_name="transformers", model_name=name,
         tags=["gpt2" if not modern else "llama", "fineweb-edu", "pretrained", *([] if native else ["custom_code"])],
-        eval_results=_eval_results(entries, name) or None,
+        eval_results=_eval_results(entries) or None,
     )
-    tokens = next((b for a, b in _training_rows(source) if a == "Tokens seen"), None)
+    tokens = _first(source.metrics[-1] if source.metrics else {}, "tokens") or _first(source.trainer_state, "tokens")
     kind = "a modern GPT (RMSNorm, SwiGLU, RoPE, no biases)" if modern else "a GPT-2"
     body = [
         f"# {name}\n",
         f"{name} is {kind} language model with {_human(_num_parameters(source.model))} parameters, pretrained from "
         f"scratch on [FineWeb-Edu](https://huggingface.co/datasets/{DATASET})"
-        + (f" ({tokens} tokens)" if tokens else "") + " with modeling-gpt. It is a base model: it continues "
+        + (f" ({_human(tokens)} tokens)" if tokens else "") + " with modeling-gpt. It is a base model: it continues "
         "text; it was not instruction-tuned or aligned.\n",
         "## Usage\n",
         "```python\n" + usage_snippet(repo_id, native, revision) + "```\n",
@@ -483,13 +485,14 @@ def sample_completions(model, tokenizer, gen: GenerationConfig, prompts, max_new
     gen = copy.deepcopy(gen)
     gen.max_new_tokens = max_new_tokens
     samples = []
-    for prompt in prompts:
+    with torch.random.fork_rng():  # the caller's random state is left as it was
         torch.manual_seed(seed)
-        enc = tokenizer(prompt, return_tensors="pt")
-        with torch.no_grad():
-            out = model.generate(**enc, generation_config=gen)
-        samples.append({"prompt": prompt, "text": tokenizer.decode(out[0], skip_special_tokens=True),
-                        "seed": seed, "max_new_tokens": max_new_tokens})
+        for prompt in prompts:
+            enc = tokenizer(prompt, return_tensors="pt")
+            with torch.no_grad():
+                out = model.generate(**enc, generation_config=gen)
+            samples.append({"prompt": prompt, "text": tokenizer.decode(out[0], skip_special_tokens=True),
+                            "seed": seed, "max_new_tokens": max_new_tokens})
     return samples
 
 

@@ -252,6 +252,36 @@ def test_checkpoint_layouts(run, tmp_path, layout):
     assert len(source.tokenizer) == len(run["tokenizer"])
 
 
+def test_checkpoint_with_the_trainers_state(run, tmp_path, capsys):
+    """What train_accelerate.py writes: model config, tokenizer hash, hardware and time in trainer_state.json;
+    the tokenizer only with the token shards (data_dir/tokenizer), no final/ yet."""
+    from token_shards import tokenizer_hash
+
+    folder = tmp_path / "run" / "checkpoints" / "step_0000060"
+    data_dir = tmp_path / "data"
+    run["tokenizer"].save_pretrained(data_dir / "tokenizer")
+    model = GPTForCausalLM.from_pretrained(run["root"] / "final")
+    _accelerate_save_state(model, folder)
+    (tmp_path / "run" / "metrics.jsonl").write_text((run["root"] / "metrics.jsonl").read_text())
+    state = dict(
+        step=60, tokens=60 * 8192, world_size=8, total_batch_tokens=8192, seq_len=256, elapsed_seconds=7200.0,
+        hardware=dict(device="NVIDIA H100 80GB HBM3", processes=8, distributed="DistributedType.MULTI_GPU"),
+        tokenizer_hash=tokenizer_hash(run["tokenizer"]), model_config=model.config.to_dict(),
+        config=dict(model_preset="tiny", data_dir=str(data_dir), learning_rate=6e-4, warmup_steps=10, min_lr_ratio=0.1),
+    )
+    (folder / "trainer_state.json").write_text(json.dumps(state))
+    out = push_to_hub.export(push_to_hub.load_source(folder), tmp_path / "out", "me/tiny-gpt", prompts=[])
+    text = ModelCard.load(out / "README.md").text
+    assert "| Hardware | 8 x NVIDIA H100 80GB HBM3 (MULTI_GPU) |" in text and "| Training time | 2.00 h |" in text
+    assert "| Learning rate | peak 0.0006, linear warmup 10 steps, cosine decay to 6e-05 |" in text
+    loaded = GPTForCausalLM.from_pretrained(out)
+    for k, v in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[k], v), k
+    (folder / "trainer_state.json").write_text(json.dumps(dict(state, tokenizer_hash="0" * 64)))
+    err = refused(capsys, ["--checkpoint", str(folder), "--repo-id", "me/x", "--dry-run"])
+    assert "differs from the one the model was trained with (000000000000... in trainer_state.json)" in err
+
+
 def refused(capsys, argv) -> str:
     with pytest.raises(SystemExit) as exit_info:
         push_to_hub.main(argv)
