@@ -285,13 +285,21 @@ class GPTForCausalLM(GPTPreTrainedModel, GenerationMixin):
             input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
             past_key_values=past_key_values, inputs_embeds=inputs_embeds, use_cache=use_cache, **kwargs,
         )
-        h = out.last_hidden_state
         keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
-        # the padded vocabulary rows exist only for speed: they are never scored or sampled
-        logits = self.lm_head(h[:, keep, :])[..., : self.config.vocab_size]  # (B, T, vocab_size)
+        h = out.last_hidden_state[:, keep, :]
         loss = None
-        if labels is not None:
-            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
+        if labels is None:
+            logits = self.lm_head(h)  # (B, T, padded_vocab_size)
+        else:
+            # -inf on the padded columns lets the loss read the contiguous padded logits: no copy of a
+            # sliced (B, T, V) tensor forward, no zero-filled padded gradient backward, and still no
+            # probability mass on the padded ids
+            pad = h.new_zeros(self.config.padded_vocab_size)
+            pad[self.config.vocab_size :] = float("-inf")
+            logits = F.linear(h, self.lm_head.weight, pad)
+            loss = self.loss_function(logits=logits, labels=labels, vocab_size=logits.shape[-1], **kwargs)
+        # the padded vocabulary rows exist only for speed: they are never returned, scored or sampled
+        logits = logits[..., : self.config.vocab_size]  # (B, T, vocab_size)
         return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=out.past_key_values)
 
     def to_hf_native(self):

@@ -105,10 +105,13 @@ def test_combination_without_native_twin_is_refused():
 
 def test_logits_cover_the_real_vocabulary_only():
     model = tiny()
+    x = batch()
     with torch.no_grad():
+        loss = model(x, labels=x).loss
         model.lm_head.weight[VOCAB:] = 100.0  # padded rows would win every argmax if they were scored
-        out = model(batch())
+        out = model(x, labels=x)
     assert out.logits.shape == (3, 20, VOCAB)
+    torch.testing.assert_close(out.loss, loss)
     sampled = model.generate(batch()[:, :4], attention_mask=torch.ones(3, 4, dtype=torch.long), do_sample=True,
                              max_new_tokens=30, pad_token_id=0)
     assert sampled.max() < VOCAB
