@@ -457,6 +457,8 @@ def native_model(model: GPTForCausalLM, atol: float = 1e-4):
 def check_native_parity(model: GPTForCausalLM, native, atol: float = 1e-4) -> float:
     """Largest |logit difference| between the two models on a fixed probe batch; ValueError above atol."""
     cfg = model.config
+    if next(model.parameters()).dtype != torch.float32:  # compare the functions, not bf16/fp16 rounding
+        model, native = copy.deepcopy(model).float(), copy.deepcopy(native).float()
     generator = torch.Generator().manual_seed(0)
     probe = torch.randint(0, cfg.vocab_size, (2, min(64, cfg.n_positions)), generator=generator)  # (B, T)
     with torch.no_grad():

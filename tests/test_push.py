@@ -89,9 +89,17 @@ def run(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def exported(run, tmp_path_factory):
+    """remote: our code; native: GPT2LMHeadModel; llama: the modern variant (random weights) as LlamaForCausalLM."""
     out = tmp_path_factory.mktemp("exported")
-    for kind, extra in (("remote", []), ("native", ["--native"])):
-        push_to_hub.main(["--checkpoint", str(run["root"] / "final"), "--repo-id", "me/tiny-gpt", "--dry-run",
+    eot = run["tokenizer"].eos_token_id
+    modern = GPTConfig.from_preset("gpt2.5", n_layer=2, n_head=4, n_embd=64, n_positions=256,
+                                   vocab_size=len(run["tokenizer"]), bos_token_id=eot, eos_token_id=eot)
+    torch.manual_seed(0)
+    GPTForCausalLM(modern).save_pretrained(out / "modern_final")
+    run["tokenizer"].save_pretrained(out / "modern_final")
+    for kind, source, extra in (("remote", run["root"] / "final", []), ("native", run["root"] / "final", ["--native"]),
+                                ("llama", out / "modern_final", ["--native", "--prompts"])):
+        push_to_hub.main(["--checkpoint", str(source), "--repo-id", "me/tiny-gpt", "--dry-run",
                           "--output-dir", str(out / kind), *extra])
     return out
 
@@ -157,7 +165,7 @@ def usage_code(folder: Path) -> str:
 def test_loads_and_generates_in_a_process_without_the_project(exported, run, tmp_path):
     elsewhere = tmp_path / "elsewhere"
     folders = {}
-    for kind in ("remote", "native"):
+    for kind in ("remote", "native", "llama"):
         shutil.copytree(exported / kind, elsewhere / kind)  # the folder alone, nothing else of the project
         folders[kind] = str(elsewhere / kind)
     ids = [run["tokenizer"](TEXTS[1]).input_ids]
@@ -174,9 +182,14 @@ def test_loads_and_generates_in_a_process_without_the_project(exported, run, tmp
         expected = run["model"](torch.tensor(ids)).logits
     assert out["remote"]["class"].startswith("transformers_modules.") and out["remote"]["class"].endswith(".GPTForCausalLM")
     assert out["native"]["class"] == "transformers.models.gpt2.modeling_gpt2.GPT2LMHeadModel"
+    assert out["llama"]["class"] == "transformers.models.llama.modeling_llama.LlamaForCausalLM"
     for kind in ("remote", "native"):
         torch.testing.assert_close(torch.tensor(out[kind]["logits"]), expected, atol=1e-5, rtol=1e-5)
         assert out[kind]["text"] == TEXTS[0]  # the pipeline continues the memorised sentence
+    modern = GPTForCausalLM.from_pretrained(exported / "modern_final").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(torch.tensor(out["llama"]["logits"]), modern(torch.tensor(ids)).logits, atol=1e-5, rtol=1e-5)
+    for kind in ("remote", "native", "llama"):
         assert out[kind]["snippet_output"].startswith("The meaning of life is")
 
 
