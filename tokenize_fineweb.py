@@ -311,11 +311,10 @@ def run(args: TokenizeArguments) -> dict:
     _check_args(args)
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
-    for stale in out.glob("*.tmp"):
-        if stale.is_dir():
-            shutil.rmtree(stale)
-        else:
-            stale.unlink()
+    # leftovers of a killed run: half-written shards, manifest or tokenizer
+    for stale in [*out.glob("*.bin.tmp"), out / (MANIFEST + ".tmp")]:
+        stale.unlink(missing_ok=True)
+    shutil.rmtree(out / (TOKENIZER_DIR + ".tmp"), ignore_errors=True)
     source, config = _source_and_config(args)
     manifest = _start_or_resume(args, out, source, config)
     if manifest is not None and manifest["stream"]["complete"]:
