@@ -127,6 +127,11 @@ class TrainArguments:
         default=None, metadata={"help": "Folder with hellaswag/hellaswag_val.jsonl (e.g. ../shared/data); default: the Hub."}
     )
     hellaswag_limit: Optional[int] = field(default=None, metadata={"help": "Score only the first N HellaSwag examples."})
+    hellaswag_scoring: str = field(
+        default="nanogpt",
+        metadata={"help": "HellaSwag scoring: 'nanogpt' (build-nanogpt's, the one the plots' GPT-2/GPT-3 reference "
+                          "lines use) or 'harness' (lm-evaluation-harness)."},
+    )
     sample_prompts: list[str] = field(
         default_factory=lambda: ["Hello, I'm a language model,"],
         metadata={"help": "Prompts completed and logged at each evaluation (none to turn off)."},
@@ -239,6 +244,8 @@ def validate_args(model_args: ModelArguments, data_args: DataArguments, args: Tr
         raise ConfigError(f"mixed_precision={args.mixed_precision!r} is not supported; use one of {MIXED_PRECISION}")
     if args.tracker not in TRACKERS:
         raise ConfigError(f"tracker={args.tracker!r} is not supported; use one of {TRACKERS}")
+    if args.hellaswag_scoring not in ("nanogpt", "harness"):
+        raise ConfigError(f"hellaswag_scoring={args.hellaswag_scoring!r} is not supported; use 'nanogpt' or 'harness'")
     if args.hellaswag_limit is not None and args.hellaswag_limit < 1:
         raise ConfigError(f"hellaswag_limit={args.hellaswag_limit} must be >= 1")
 
@@ -668,7 +675,7 @@ def train(argv=None):
             from eval import run_tasks
 
             scores = run_tasks(eval_model, tokenizer, tasks=["hellaswag"], data_dir=args.hellaswag_data_dir,
-                               limit=args.hellaswag_limit, accelerator=accelerator)["hellaswag"]
+                               scoring=args.hellaswag_scoring, limit=args.hellaswag_limit, accelerator=accelerator)["hellaswag"]
             results["hellaswag_acc"], results["hellaswag_acc_norm"] = scores["acc"], scores["acc_norm"]
         # FSDP shards the weights: every process must take part in generation
         if args.sample_prompts and (is_main or accelerator.distributed_type == DistributedType.FSDP):

@@ -60,6 +60,7 @@ def test_shipped_recipes_parse(recipes):
         (["--min_lr_ratio", "1.5"], "min_lr_ratio=1.5 must be in [0, 1]"),
         (["--mixed_precision", "fp8"], "mixed_precision='fp8' is not supported"),
         (["--tracker", "mlflow"], "tracker='mlflow' is not supported"),
+        (["--hellaswag_scoring", "lm-eval"], "hellaswag_scoring='lm-eval' is not supported; use 'nanogpt' or 'harness'"),
         (["--adam_beta2", "1.0"], "adam_beta2=1.0 must be in [0, 1)"),
         (["--save_interval", "-1"], "save_interval=-1 must be >= 0"),
         (["--init_from", "some/model", "--n_layer", "4"], "apply to a model trained from scratch"),
