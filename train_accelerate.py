@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 from transformers import AutoConfig, GenerationConfig, HfArgumentParser
 
 import token_shards
+from eval import mean_loss, run_tasks
 from modeling_gpt import PRESETS, GPTConfig, GPTForCausalLM
 
 MIXED_PRECISION = ("no", "fp16", "bf16")
@@ -437,17 +438,18 @@ def check_finite(records: list[dict], last_good: Optional[Path]):
 
 
 def ensure_tokenized(data_args: DataArguments, accelerator: Accelerator):
-    """Tokenize tokenize_dataset into data_dir when its manifest is missing (main process; the others wait)."""
+    """Tokenize tokenize_dataset into data_dir unless a complete manifest is there (main process; the
+    others wait). A run that was killed while tokenizing left an incomplete one: the tokenizer resumes it."""
     manifest = Path(data_args.data_dir) / "manifest.json"
     with accelerator.main_process_first():
-        if manifest.is_file():
+        if manifest.is_file() and token_shards.read_manifest(data_args.data_dir)["stream"]["complete"]:
             return
         if data_args.tokenize_dataset is None:
             raise ConfigError(
                 f"{manifest} not found: tokenize first (gpt-tokenize ... {data_args.data_dir}) or set tokenize_dataset"
             )
         if not accelerator.is_main_process:
-            raise ConfigError(f"{manifest} is still missing after the main process tokenized into it")
+            raise ConfigError(f"{manifest} is still missing or incomplete after the main process tokenized into it")
         import tokenize_fineweb
 
         argv = ["--dataset", data_args.tokenize_dataset, "--output", data_args.data_dir]
@@ -482,25 +484,6 @@ def build_model(model_args: ModelArguments, vocab_size: int, eot_id: int) -> GPT
 
 
 @torch.no_grad()
-def validation_loss(model, loader, num_batches: int, accelerator: Accelerator) -> float:
-    """Mean loss over the first num_batches validation micro-batches, spread over the processes.
-
-    Process r scores batches r, r + W, ... (the loader's global order), so the value does not
-    depend on the number of processes.
-    """
-    loader.reset()
-    world, rank = accelerator.num_processes, accelerator.process_index
-    total = torch.zeros(2, device=accelerator.device)  # (sum of losses, batches)
-    for i in range(math.ceil(num_batches / world)):
-        x, y = loader.next_batch()
-        if i * world + rank < num_batches:
-            x, y = x.to(accelerator.device), y.to(accelerator.device)
-            total[0] += model(input_ids=x, labels=y, shift_labels=y).loss.float()
-            total[1] += 1
-    total = accelerator.reduce(total, reduction="sum")
-    return (total[0] / total[1]).item()
-
-
 @torch.no_grad()
 def sample(model, tokenizer, prompts: list[str], max_new_tokens: int, seed: int, device) -> list[str]:
     """Top-k sampled completions, on a forked RNG so that training randomness is untouched."""
@@ -670,10 +653,8 @@ def train(argv=None):
         eval_model.eval()
         results = {}
         if args.val_batches:
-            results["val_loss"] = validation_loss(eval_model, val_loader, args.val_batches, accelerator)
+            results["val_loss"] = mean_loss(eval_model, val_loader, args.val_batches, accelerator)
         if args.hellaswag:
-            from eval import run_tasks
-
             scores = run_tasks(eval_model, tokenizer, tasks=["hellaswag"], data_dir=args.hellaswag_data_dir,
                                scoring=args.hellaswag_scoring, limit=args.hellaswag_limit, accelerator=accelerator)["hellaswag"]
             results["hellaswag_acc"], results["hellaswag_acc_norm"] = scores["acc"], scores["acc_norm"]

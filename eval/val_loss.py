@@ -9,23 +9,19 @@ import token_shards
 
 
 @torch.no_grad()
-def val_loss(model, data_dir, batch_size: int, seq_len: int, num_batches: int | None = None, accelerator=None) -> dict:
-    """Mean next-token loss over the first `num_batches` (B, T) batches of the "val" split (all when None).
+def mean_loss(model, loader, num_batches: int, accelerator=None) -> float:
+    """Mean next-token loss over the first `num_batches` batches of `loader` (a token_shards.ShardDataLoader
+    built for this process's rank), read from its start.
 
     Under Accelerate rank r reads batches r, r + W, ... (the loader's global-batch rule), so the result
-    equals a single-process run over the same batches. Returns {"val_loss", "val_ppl", "tokens"}.
+    equals a single-process run over the same batches.
     """
     rank, world_size = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
-    loader = token_shards.ShardDataLoader(
-        data_dir, split="val", batch_size=batch_size, seq_len=seq_len, rank=rank, world_size=world_size, shuffle=False
-    )
-    if num_batches is None:
-        num_batches = loader.chunks_per_epoch
     if not 1 <= num_batches <= loader.chunks_per_epoch:
-        raise ValueError(f"num_batches={num_batches}; the val split of {data_dir} holds 1..{loader.chunks_per_epoch} "
-                         f"batches of {batch_size}x{seq_len}")
+        raise ValueError(f"num_batches={num_batches}; the split holds 1..{loader.chunks_per_epoch} batches "
+                         f"of {loader.batch_size}x{loader.seq_len}")
     device = accelerator.device if accelerator else next(model.parameters()).device
-
+    loader.reset()
     was_training = model.training
     model.eval()
     total = torch.zeros((), dtype=torch.float64, device=device)
@@ -39,5 +35,19 @@ def val_loss(model, data_dir, batch_size: int, seq_len: int, num_batches: int | 
     model.train(was_training)
     if accelerator is not None and world_size > 1:
         total = accelerator.reduce(total, reduction="sum")
-    mean = total.item() / num_batches
+    return total.item() / num_batches
+
+
+def val_loss(model, data_dir, batch_size: int, seq_len: int, num_batches: int | None = None, accelerator=None) -> dict:
+    """Mean next-token loss over the first `num_batches` (B, T) batches of the "val" split (all when None).
+
+    Returns {"val_loss", "val_ppl", "tokens"}; equal under Accelerate to a single-process run.
+    """
+    rank, world_size = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
+    loader = token_shards.ShardDataLoader(
+        data_dir, split="val", batch_size=batch_size, seq_len=seq_len, rank=rank, world_size=world_size, shuffle=False
+    )
+    if num_batches is None:
+        num_batches = loader.chunks_per_epoch
+    mean = mean_loss(model, loader, num_batches, accelerator)
     return {"val_loss": mean, "val_ppl": math.exp(mean), "tokens": num_batches * batch_size * seq_len}

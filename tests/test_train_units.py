@@ -187,3 +187,18 @@ def test_check_finite_names_the_step_and_the_checkpoint(tmp_path):
         ta.check_finite([{"step": 6, "loss": 2.0}, {"step": 7, "loss": math.nan}], tmp_path / "step_0000005")
     with pytest.raises(ta.NonFiniteLossError, match="loss is inf at step 2; stopping \\(no checkpoint"):
         ta.check_finite([{"step": 2, "loss": math.inf}], None)
+
+
+@pytest.mark.parametrize("complete, tokenizes", [(True, False), (False, True)])
+def test_tokenizes_unless_a_complete_manifest_is_there(tmp_path, monkeypatch, complete, tokenizes):
+    import tokenize_fineweb
+    from accelerate import Accelerator
+
+    (tmp_path / "manifest.json").write_text(json.dumps({"stream": {"complete": complete}}))
+    calls = []
+    monkeypatch.setattr(tokenize_fineweb, "main", calls.append)  # stands in for the tokenizer, a separate tool
+    data_args = ta.DataArguments(data_dir=str(tmp_path), tokenize_dataset="some/dataset")
+    ta.ensure_tokenized(data_args, Accelerator(cpu=True))
+    assert bool(calls) == tokenizes  # a killed tokenization left complete=False: it must be resumed
+    if tokenizes:
+        assert calls[0][:4] == ["--dataset", "some/dataset", "--output", str(tmp_path)]
