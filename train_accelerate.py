@@ -713,7 +713,9 @@ def train(argv=None):
         if do_eval:
             records[-1].update(evaluate(done))
         last = records[-1]
-        line = f"step {done:6d} | loss {last['loss']:.4f} | lr {lr:.3e} | norm {last['grad_norm']:.3f} | tok/s {tokens_per_sec:,.0f}"
+        # the printed loss is the mean since the previous line: single small batches are noisy
+        interval_loss = sum(r["loss"] for r in records) / len(records)
+        line = f"step {done:6d} | loss {interval_loss:.4f} | lr {lr:.3e} | norm {last['grad_norm']:.3f} | tok/s {tokens_per_sec:,.0f}"
         if "mfu" in last:
             line += f" | mfu {last['mfu']:.1%}"
         if "val_loss" in last:
@@ -725,7 +727,7 @@ def train(argv=None):
             for prompt_completion in last.get("samples", []):
                 progress.write(f"  sample: {prompt_completion!r}")
             metrics.append(records)
-            progress.set_postfix(loss=f"{last['loss']:.4f}")
+            progress.set_postfix(loss=f"{interval_loss:.4f}")
         if tracker != "none":
             for record in records:
                 values = {k: v for k, v in record.items() if k not in ("step", "samples")}
