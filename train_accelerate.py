@@ -33,6 +33,7 @@ from transformers import AutoConfig, GenerationConfig, HfArgumentParser
 import token_shards
 from eval import mean_loss, run_tasks
 from modeling_gpt import PRESETS, GPTConfig, GPTForCausalLM
+from modeling_gpt.flops import flops_per_token, peak_tflops
 
 MIXED_PRECISION = ("no", "fp16", "bf16")
 TRACKERS = ("auto", "tensorboard", "wandb", "none")
@@ -291,45 +292,6 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
 # Throughput
 
 
-# Dense bf16 tensor-core peaks in FLOP/s; the longest name found in torch.cuda.get_device_name() wins.
-PEAK_BF16_FLOPS = {
-    "B200": 2250e12,
-    "H200": 989e12,
-    "GH200": 989e12,
-    "H100 NVL": 835e12,
-    "H100 PCIe": 756e12,
-    "H100": 989e12,
-    "H800": 989e12,
-    "A100": 312e12,
-    "A800": 312e12,
-    "L40S": 362e12,
-    "RTX 4090": 165e12,
-    "L4": 121e12,
-    "MI300X": 1307e12,
-}
-
-
-def peak_flops(device_name: str) -> Optional[float]:
-    """Dense bf16 peak of a GPU by name, or None when it is not in the table."""
-    matches = [name for name in PEAK_BF16_FLOPS if name in device_name]
-    return PEAK_BF16_FLOPS[max(matches, key=len)] if matches else None
-
-
-def flops_per_token(model: torch.nn.Module, seq_len: int) -> float:
-    """Training FLOPs per token (PaLM appendix B): 6N + 12 * L * H * Q * T.
-
-    N counts the matmul weights: all parameters except position embeddings, which are only added
-    (the token embedding counts: it is the output head too).
-    """
-    config = model.config
-    head = model.get_output_embeddings().weight
-    n = model.num_parameters()
-    for module in model.modules():
-        if isinstance(module, torch.nn.Embedding) and module.weight is not head:
-            n -= module.weight.numel()
-    return 6 * n + 12 * config.n_layer * config.n_head * (config.n_embd // config.n_head) * seq_len
-
-
 # ----------------------------------------------------------------------------------------------
 # Checkpoints and metrics
 
@@ -567,7 +529,7 @@ def train(argv=None):
     model = build_model(model_args, manifest["vocab_size"], manifest["eot_id"])
     if args.seq_len > model.config.n_positions:
         raise ConfigError(f"seq_len={args.seq_len} is longer than the model's n_positions={model.config.n_positions}")
-    flops_token = flops_per_token(model, args.seq_len)
+    flops_token = flops_per_token(model.config, args.seq_len)
     n_params = model.num_parameters()
 
     loader_kwargs = dict(
@@ -622,9 +584,8 @@ def train(argv=None):
         flat = {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in settings.items()}
         accelerator.init_trackers(args.run_name or output_dir.resolve().name, config=flat)
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or device.type
-    peak = peak_flops(device_name) if device.type == "cuda" else None
-    if accelerator.mixed_precision not in ("bf16", "fp16"):
-        peak = None  # the table holds bf16 tensor-core peaks
+    compute_dtype = accelerator.mixed_precision if accelerator.mixed_precision in ("bf16", "fp16") else "fp32"
+    peak = peak_tflops(device_name, compute_dtype) if device.type == "cuda" else None
     accelerator.print(
         f"{n_params:,} parameters | {world} process(es) x {accum} micro-step(s) x {args.micro_batch_size} x "
         f"{args.seq_len} = {args.total_batch_tokens:,} tokens/step | {accelerator.distributed_type} on {device}, "
@@ -709,7 +670,7 @@ def train(argv=None):
         tokens_per_sec = (done - timer_step) * args.total_batch_tokens / elapsed
         records[-1]["tokens_per_sec"] = tokens_per_sec
         if peak is not None:
-            records[-1]["mfu"] = flops_token * tokens_per_sec / (peak * world)
+            records[-1]["mfu"] = flops_token * tokens_per_sec / (peak * 1e12 * world)
         if do_eval:
             records[-1].update(evaluate(done))
         last = records[-1]

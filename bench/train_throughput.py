@@ -32,25 +32,9 @@ from torch.nn.attention import SDPBackend, sdpa_kernel  # noqa: E402
 from transformers import HfArgumentParser  # noqa: E402
 
 from modeling_gpt import GPTConfig, GPTForCausalLM  # noqa: E402
+from modeling_gpt.flops import flops_per_token, matmul_params, peak_tflops  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
-
-# Dense (no sparsity) peak tensor throughput in TFLOP/s from the vendors' datasheets. Matched against
-# torch.cuda.get_device_name() in order, so the more specific names come first. "tf32" is what fp32
-# matmuls get once torch.set_float32_matmul_precision("high") lets them use tensor cores.
-PEAK_TFLOPS = [
-    ("H100 PCIe", {"bf16": 756.0, "fp16": 756.0, "tf32": 378.0, "fp32": 51.2}),
-    ("H100 NVL", {"bf16": 835.5, "fp16": 835.5, "tf32": 417.5, "fp32": 59.9}),
-    ("H100", {"bf16": 989.4, "fp16": 989.4, "tf32": 494.7, "fp32": 66.9}),  # SXM
-    ("GH200", {"bf16": 989.4, "fp16": 989.4, "tf32": 494.7, "fp32": 66.9}),
-    ("H200", {"bf16": 989.4, "fp16": 989.4, "tf32": 494.7, "fp32": 66.9}),
-    ("A100", {"bf16": 312.0, "fp16": 312.0, "tf32": 156.0, "fp32": 19.5}),
-    ("L40S", {"bf16": 362.1, "fp16": 362.1, "tf32": 183.0, "fp32": 91.6}),
-    ("L4", {"bf16": 121.0, "fp16": 121.0, "tf32": 60.0, "fp32": 30.3}),
-    ("A10G", {"bf16": 70.0, "fp16": 70.0, "tf32": 35.0, "fp32": 31.2}),
-    ("A10", {"bf16": 125.0, "fp16": 125.0, "tf32": 62.5, "fp32": 31.2}),
-    ("V100", {"fp16": 125.0, "fp32": 15.7}),
-]
 
 SDPA_BACKENDS = {
     "flash": SDPBackend.FLASH_ATTENTION,
@@ -147,33 +131,6 @@ def max_logit_diff(models: dict, vocab_size: int, seed: int) -> float | None:
         logits.append(model(x).logits.float())
         model.train(training)
     return max((a - logits[0]).abs().max().item() for a in logits[1:])
-
-
-def matmul_params(config: GPTConfig) -> int:
-    """Parameters that take part in a matmul per token: the blocks and the output head (real vocabulary only).
-
-    Position embeddings are a lookup, not a matmul, and the padded vocabulary rows are not useful work, so
-    both models are charged the same FLOPs and their MFU ratio equals their throughput ratio.
-    """
-    C, n_inner = config.n_embd, config.n_inner
-    mlp = (3 if config.mlp == "swiglu" else 2) * C * n_inner
-    return config.n_layer * (4 * C * C + mlp) + config.vocab_size * C
-
-
-def flops_per_token(config: GPTConfig, seq_len: int) -> int:
-    """PaLM's training FLOPs per token (appendix B): 6N for the weights plus 12·L·H·Q·T for attention."""
-    L, H, Q = config.n_layer, config.n_head, config.head_dim
-    return 6 * matmul_params(config) + 12 * L * H * Q * seq_len
-
-
-def peak_tflops(device_name: str, dtype: str) -> float | None:
-    """Dense peak of the device for this dtype from PEAK_TFLOPS, or None for a CPU or an unlisted GPU."""
-    if dtype == "fp32" and torch.get_float32_matmul_precision() != "highest":
-        dtype = "tf32"
-    for key, peaks in PEAK_TFLOPS:
-        if key in device_name:
-            return peaks.get(dtype)
-    return None
 
 
 def make_batches(n: int, batch_size: int, seq_len: int, vocab_size: int, seed: int, pin: bool) -> list[torch.Tensor]:

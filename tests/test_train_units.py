@@ -125,25 +125,6 @@ def test_weight_decay_groups():
 # -- throughput -----------------------------------------------------------------------------------
 
 
-def test_flops_per_token_palm_formula():
-    config = GPTConfig.from_preset("gpt2")
-    with torch.device("meta"):
-        model = GPTForCausalLM(config)
-    n = 124_475_904 - 1024 * 768  # all parameters but the position embedding (the head is the token embedding)
-    assert ta.flops_per_token(model, 1024) == 6 * n + 12 * 12 * 12 * 64 * 1024
-
-
-def test_peak_flops_table():
-    assert ta.peak_flops("NVIDIA H100 80GB HBM3") == 989e12
-    assert ta.peak_flops("NVIDIA H100 PCIe") == 756e12  # the longer name wins over "H100"
-    assert ta.peak_flops("NVIDIA A100-SXM4-80GB") == 312e12
-    assert ta.peak_flops("NVIDIA H200") == 989e12
-    assert ta.peak_flops("Tesla T4") is None
-
-
-# -- checkpoints and metrics ----------------------------------------------------------------------
-
-
 def fake_checkpoint(manager, step):
     tmp = manager.temp_path(step)
     tmp.mkdir(parents=True)
