@@ -5,7 +5,6 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 
 from eval import run_tasks
 from eval.cli import main
@@ -13,18 +12,6 @@ from eval.cli import main
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 pytestmark = pytest.mark.skipif(not (DATA / "gpt2-tokenizer").is_dir(), reason=f"shared data not found at {DATA}")
 ALL_TASKS = "hellaswag,lambada,wikitext,piqa,arc_easy,arc_challenge,winogrande"
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    from modeling_gpt import GPTConfig, GPTForCausalLM
-    from modeling_gpt.tokenizer import gpt2_tokenizer
-
-    folder = tmp_path_factory.mktemp("tiny")
-    torch.manual_seed(0)
-    GPTForCausalLM(GPTConfig.from_preset("tiny")).save_pretrained(folder)
-    gpt2_tokenizer(DATA / "gpt2-tokenizer").save_pretrained(folder)
-    return folder
 
 
 def test_cli_end_to_end(model_dir, tmp_path, capsys):

@@ -8,22 +8,9 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 pytestmark = pytest.mark.skipif(not (DATA / "gpt2-tokenizer").is_dir(), reason=f"shared data not found at {DATA}")
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    from modeling_gpt import GPTConfig, GPTForCausalLM
-    from modeling_gpt.tokenizer import gpt2_tokenizer
-
-    folder = tmp_path_factory.mktemp("tiny")
-    torch.manual_seed(0)
-    GPTForCausalLM(GPTConfig.from_preset("tiny")).save_pretrained(folder)
-    gpt2_tokenizer(DATA / "gpt2-tokenizer").save_pretrained(folder)
-    return folder
 
 
 def free_port() -> int:
