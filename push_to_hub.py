@@ -25,6 +25,7 @@ from huggingface_hub.errors import HFValidationError, HfHubHTTPError
 from huggingface_hub.utils import validate_repo_id
 from transformers import GenerationConfig
 
+from cli_guard import RunError, check_pickles, nonfinite_weights, run_cli
 from modeling_gpt import GPTConfig, GPTForCausalLM
 from modeling_gpt.tokenizer import gpt2_tokenizer
 
@@ -47,6 +48,7 @@ class Source:
     run_dir: Path | None = None
     trainer_state: dict = field(default_factory=dict)
     metrics: list = field(default_factory=list)  # metrics.jsonl rows up to the exported step
+    path: Path | None = None  # the folder it was read from
 
 
 def check_repo_id(repo_id: str) -> str:
@@ -89,14 +91,36 @@ def _latest_trainer_state(run_dir: Path | None) -> dict:
 def _read_metrics(run_dir: Path | None, max_step: int | None) -> list[dict]:
     if run_dir is None:
         return []
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    path, rows = run_dir / "metrics.jsonl", []
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path} line {number} is not valid JSON ({err.msg}): repair or remove that line") from None
     return [r for r in rows if max_step is None or r.get("step", 0) <= max_step]
+
+
+def _check_safetensors(path: Path):
+    """A truncated or damaged weights file named as such (its header is checked against its size)."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(path, "pt"):
+            pass
+    except SafetensorError as err:
+        raise ValueError(f"{path} is damaged ({err}): copy it again or use another checkpoint") from None
+
+
+def load_file(path: Path) -> dict:
+    from safetensors.torch import load_file as load
+
+    _check_safetensors(path)
+    return load(path)
 
 
 def _checkpoint_state_dict(folder: Path) -> dict:
     """The model weights `accelerate save_state` wrote, with wrapper prefixes removed."""
-    from safetensors.torch import load_file
-
     if (folder / "model.safetensors").is_file():
         state = load_file(folder / "model.safetensors")
     elif (folder / "model.safetensors.index.json").is_file():  # a sharded save_pretrained folder
@@ -107,6 +131,7 @@ def _checkpoint_state_dict(folder: Path) -> dict:
     elif (folder / "pytorch_model_fsdp_0").is_dir():
         from accelerate.utils import merge_fsdp_weights
 
+        check_pickles(folder / "pytorch_model_fsdp_0")  # its .metadata is a pickle: plain records only, or refused
         with tempfile.TemporaryDirectory() as tmp:
             merge_fsdp_weights(str(folder / "pytorch_model_fsdp_0"), tmp, safe_serialization=True)
             state = load_file(Path(tmp) / "model.safetensors")
@@ -204,6 +229,8 @@ def load_source(checkpoint, tokenizer=None) -> Source:
         model_type = _read_json(path / "config.json").get("model_type")
         if model_type != GPTConfig.model_type:
             raise ValueError(f"{path}/config.json has model_type {model_type!r}; gpt-push publishes this project's 'gpt' models")
+        for weights in path.glob("*.safetensors"):
+            _check_safetensors(weights)  # a damaged file is named, not reported as a missing pytorch_model.bin
         model = GPTForCausalLM.from_pretrained(path, dtype="auto")
         state = _latest_trainer_state(run_dir)  # the run's checkpoints know the arguments, hardware and time
         max_step = None
@@ -225,7 +252,7 @@ def load_source(checkpoint, tokenizer=None) -> Source:
     model.eval()
     tok = _load_tokenizer(path, tokenizer, state, run_dir)
     _check_tokenizer(tok, model.config, state)
-    return Source(model, tok, run_dir, state, _read_metrics(run_dir, max_step))
+    return Source(model, tok, run_dir, state, _read_metrics(run_dir, max_step), path)
 
 
 # ----------------------------------------------------------------------------- the model card
@@ -237,6 +264,8 @@ def _eval_files(run_dir: Path | None) -> list[Path]:
         return []
     found = []
     for path in sorted([*run_dir.glob("*.json"), *run_dir.glob("eval/*.json")]):
+        if path.is_symlink() or path.parent.is_symlink():
+            continue  # a link may point anywhere: only the run's own files fill the card
         try:
             data = json.loads(path.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError):
@@ -501,7 +530,25 @@ def sample_completions(model, tokenizer, gen: GenerationConfig, prompts, max_new
 def _plots(run_dir: Path | None) -> list[Path]:
     if run_dir is None:
         return []
-    return sorted({*run_dir.glob("*.png"), *run_dir.glob("plots/*.png"), *run_dir.glob("eval/*.png")})
+    found = {*run_dir.glob("*.png"), *run_dir.glob("plots/*.png"), *run_dir.glob("eval/*.png")}
+    # a link may point anywhere (a private file): only the run's own plots are copied into the upload
+    return sorted(p for p in found if not p.is_symlink() and not p.parent.is_symlink())
+
+
+RUN_MARKERS = ("metrics.jsonl", "checkpoints", "final", "trainer_state.json", "manifest.json", ".lock")
+
+
+def _check_replaceable(output_dir: Path, source: Source):
+    """--overwrite replaces an earlier export only: never a folder holding the input, a run or token shards."""
+    out = output_dir.resolve()
+    inputs = [p.resolve() for p in (source.path, source.run_dir) if p is not None]
+    if any(p == out or out in p.parents for p in inputs):
+        raise ValueError(f"--output-dir {str(output_dir)!r} holds the checkpoint being published; --overwrite "
+                         "would delete it: choose another --output-dir")
+    found = [name for name in RUN_MARKERS if (output_dir / name).exists()]
+    if found:
+        raise ValueError(f"--output-dir {str(output_dir)!r} is not an earlier gpt-push export (it holds {', '.join(found)}); "
+                         "--overwrite replaces only such a folder: choose another --output-dir")
 
 
 def export(source: Source, output_dir, repo_id: str, *, native=False, eval_results=None, license="mit",
@@ -512,8 +559,14 @@ def export(source: Source, output_dir, repo_id: str, *, native=False, eval_resul
     """
     check_repo_id(repo_id)
     output_dir = Path(output_dir)
-    if output_dir.exists() and any(output_dir.iterdir()) and not overwrite:
-        raise ValueError(f"--output-dir {str(output_dir)!r} exists and is not empty; pass --overwrite to replace it")
+    if output_dir.exists() and any(output_dir.iterdir()):
+        if not overwrite:
+            raise ValueError(f"--output-dir {str(output_dir)!r} exists and is not empty; pass --overwrite to replace it")
+        _check_replaceable(output_dir, source)
+    bad = nonfinite_weights(source.model.named_parameters())
+    if bad:
+        raise ValueError(f"refusing to export: {len(bad)} weight tensor(s) hold NaN or inf (e.g. {bad[0]}); "
+                         "publish an earlier checkpoint of the run")
     model, tokenizer = source.model, copy.deepcopy(source.tokenizer)
     # tell pipelines and users the context length rather than the "unlimited" default of a fresh tokenizer
     tokenizer.model_max_length = min(tokenizer.model_max_length, model.config.n_positions)
@@ -586,39 +639,41 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None):
-    parser = _parser()
-    args = parser.parse_args(argv)
-    try:
-        check_repo_id(args.repo_id)
-        if not args.dry_run and get_token() is None:
-            raise ValueError("no Hugging Face token: set HF_TOKEN or run `hf auth login` (or use --dry-run)")
-        source = load_source(args.checkpoint, args.tokenizer)
-        name = args.repo_id.split("/")[1]
-        with tempfile.TemporaryDirectory() as tmp:
-            if args.output_dir:
-                out = Path(args.output_dir)
-            elif args.dry_run:
-                out = (source.run_dir or Path(args.checkpoint).resolve().parent) / "hub" / name
-            else:
-                out = Path(tmp) / name
-            folder = export(source, out, args.repo_id, native=args.native, eval_results=args.eval_results,
-                            license=args.license, max_shard_size=args.max_shard_size, prompts=args.prompts,
-                            seed=args.seed, revision=args.revision, overwrite=args.overwrite)
-            files = sorted(p for p in folder.rglob("*") if p.is_file())
-            architecture = json.loads((folder / "config.json").read_text())["architectures"][0]
-            print(f"exported {folder} ({architecture}{'' if args.native else ', remote code'}):")
-            for f in files:
-                print(f"  {f.relative_to(folder).as_posix():40s} {f.stat().st_size:>12,d} bytes")
-            target = f"{args.repo_id}" + (f" (branch {args.revision})" if args.revision else "") + (" private" if args.private else "")
-            if args.dry_run:
-                print(f"dry run: nothing uploaded; would upload to {target}")
-                return
-            url = upload(folder, args.repo_id, private=args.private, revision=args.revision, commit_message=args.commit_message)
-            print(f"uploaded to {target}: {url}")
-    except (ValueError, FileNotFoundError) as err:
-        parser.exit(2, f"gpt-push: error: {err}\n")
-    except HfHubHTTPError as err:
-        parser.exit(1, f"gpt-push: the Hub refused: {err}\n")
+    return run_cli("gpt-push", _main, argv)
+
+
+def _main(argv):
+    args = _parser().parse_args(argv)
+    check_repo_id(args.repo_id)
+    if not args.dry_run and get_token() is None:
+        raise ValueError("no Hugging Face token: set HF_TOKEN or run `hf auth login` (or use --dry-run)")
+    source = load_source(args.checkpoint, args.tokenizer)
+    name = args.repo_id.split("/")[1]
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.output_dir:
+            out = Path(args.output_dir)
+        elif args.dry_run:
+            out = (source.run_dir or Path(args.checkpoint).resolve().parent) / "hub" / name
+        else:
+            out = Path(tmp) / name
+        folder = export(source, out, args.repo_id, native=args.native, eval_results=args.eval_results,
+                        license=args.license, max_shard_size=args.max_shard_size, prompts=args.prompts,
+                        seed=args.seed, revision=args.revision, overwrite=args.overwrite)
+        files = sorted(p for p in folder.rglob("*") if p.is_file())
+        architecture = json.loads((folder / "config.json").read_text())["architectures"][0]
+        print(f"exported {folder} ({architecture}{'' if args.native else ', remote code'}):")
+        for f in files:
+            print(f"  {f.relative_to(folder).as_posix():40s} {f.stat().st_size:>12,d} bytes")
+        target = f"{args.repo_id}" + (f" (branch {args.revision})" if args.revision else "") + (" private" if args.private else "")
+        if args.dry_run:
+            print(f"dry run: nothing uploaded; would upload to {target}")
+            return
+        try:
+            url = upload(folder, args.repo_id, private=args.private, revision=args.revision,
+                         commit_message=args.commit_message)
+        except HfHubHTTPError as err:
+            raise RunError(f"the Hub refused: {err}") from None
+        print(f"uploaded to {target}: {url}")
 
 
 if __name__ == "__main__":

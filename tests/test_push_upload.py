@@ -139,7 +139,7 @@ def test_hub_refusal_is_reported_without_the_token(hub, final, tmp_path):
     handler.refuse_commits = True
     result = gpt_push(["--checkpoint", str(final), "--repo-id", "me/tiny-gpt", "--prompts"], endpoint, tmp_path)
     assert result.returncode == 1
-    assert "gpt-push: the Hub refused: 403" in result.stderr and "You don't have the rights" in result.stderr
+    assert "gpt-push: error: the Hub refused: 403" in result.stderr and "You don't have the rights" in result.stderr
     assert TOKEN not in result.stdout + result.stderr
     assert [path.split("?")[0] for _, path, _, _ in handler.requests][-1] == "/api/models/me/tiny-gpt/commit/main"
     assert not any(tmp_path.glob("*/tiny-gpt"))  # without --output-dir the folder lived in a temporary directory

@@ -1,0 +1,190 @@
+"""What the four command-line tools share to fail safely.
+
+- `run_cli`: the one error path. An expected failure ends in one line `gpt-X: error: ...` on stderr and a
+  non-zero exit (2: bad input, 1: a run that could not finish, 130: Ctrl-C); the traceback is shown only
+  with `--debug` or GPT_DEBUG=1. Under `accelerate launch` only the process of rank 0 prints it.
+- `FolderLock`: an flock on `FOLDER/.lock`, so that two runs never write one output folder; the kernel
+  drops it when its holder dies, so a killed run leaves no stale lock.
+- `check_pickles`: the one weights-only path for the pickled metadata of torch.distributed.checkpoint
+  folders (FSDP sharded checkpoints): anything but the plain metadata classes is refused, never run.
+- `nonfinite_weights`: the names of parameters holding NaN or inf, checked before anything is saved.
+"""
+
+import errno
+import os
+import pickle
+import sys
+import traceback
+from pathlib import Path
+
+DEBUG_ENV = "GPT_DEBUG"
+
+
+class UserError(Exception):
+    """Bad input the user can fix (a value, file or folder); the message names it and what is accepted. Exit 2."""
+
+
+class RunError(Exception):
+    """A run that could not finish (non-finite loss, damaged checkpoint, interrupted); the message says what to do. Exit 1."""
+
+
+def _rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
+def _os_message(err: OSError) -> str:
+    where = f" {err.filename}" if err.filename else ""
+    text = f"{err.strerror or err}:{where}" if err.strerror else str(err)
+    if err.errno == errno.ENOSPC:
+        return f"{text} (disk full): free some space, then run the same command again"
+    if err.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return f"{text}: choose a folder you can write to"
+    return text
+
+
+def _message(err: BaseException) -> str:
+    if isinstance(err, OSError) and err.strerror:
+        return _os_message(err)
+    text = str(err).strip()
+    if isinstance(err, KeyError):  # str(KeyError) is only the quoted key
+        text = f"missing key {text}"
+    return " ".join(text.split()) or type(err).__name__
+
+
+def run_cli(prog: str, main, argv=None, expected: tuple = ()):
+    """Call main(argv) and turn expected failures into one line and an exit code.
+
+    expected: further exception types (besides UserError, RunError, ValueError, OSError) that mean bad input or
+    an unusable file for this tool. Anything else is a bug and keeps its traceback.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv or os.environ.get(DEBUG_ENV, "") not in ("", "0")
+    argv = [a for a in argv if a != "--debug"]
+    try:
+        return main(argv)
+    except KeyboardInterrupt as err:
+        failure, code, text = err, 130, "interrupted (Ctrl-C)"
+    except RunError as err:
+        failure, code, text = err, 1, _message(err)
+    except OSError as err:
+        failure, code, text = err, (2 if isinstance(err, FileNotFoundError) else 1), _message(err)
+    except (UserError, ValueError, *expected) as err:
+        failure, code, text = err, 2, _message(err)
+    except Exception as err:
+        if not _other_rank_failed(err):
+            raise
+        failure, code, text = err, 1, None  # a peer process failed: that one reports the cause
+    if debug:
+        traceback.print_exception(failure)
+    if text is not None and _rank() == 0:
+        print(f"{prog}: error: {text}", file=sys.stderr, flush=True)
+    sys.exit(code)
+
+
+def _other_rank_failed(err: BaseException) -> bool:
+    """A collective that broke because a peer process died (gloo/NCCL), seen by a process other than rank 0."""
+    if _rank() == 0:
+        return False
+    import torch.distributed
+
+    return isinstance(err, torch.distributed.DistError) or "Connection closed by peer" in str(err)
+
+
+# ---------------------------------------------------------------------------------------------- lock
+
+
+class FolderLock:
+    """An exclusive flock on FOLDER/.lock holding the holder's pid; a second holder is refused with that pid."""
+
+    NAME = ".lock"
+
+    def __init__(self, folder, what: str):
+        self.path = Path(folder) / self.NAME
+        self.what = what  # e.g. "gpt-train output_dir"
+        self._fd = None
+
+    def acquire(self) -> "FolderLock":
+        import fcntl
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise UserError(
+                f"{self.path.parent} is in use by another run (pid {holder}); wait for it to end or choose another "
+                f"{self.what}"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._fd = fd
+        return self
+
+    def release(self):
+        if self._fd is not None:
+            os.close(self._fd)  # closing drops the flock
+            self._fd = None
+
+    def __enter__(self):
+        return self.acquire()
+
+    def __exit__(self, *exc):
+        self.release()
+
+
+# ---------------------------------------------------------------------------------------------- pickles
+
+# what torch.distributed.checkpoint writes into a .metadata file: plain records, torch's dtype/size/layout lookups
+_DCP_GLOBALS = {
+    "torch.distributed.checkpoint.metadata": {
+        "Metadata", "TensorStorageMetadata", "BytesStorageMetadata", "ChunkStorageMetadata", "TensorProperties",
+        "MetadataIndex", "StorageMeta", "_MEM_FORMAT_ENCODING",
+    },
+    "torch.distributed.checkpoint.filesystem": {"_StorageInfo"},
+    "torch.serialization": {"_get_layout"},
+    "pathlib": {"PosixPath", "PurePosixPath", "WindowsPath", "PureWindowsPath", "Path"},
+    "collections": {"OrderedDict"},
+}
+
+
+class _MetadataUnpickler(pickle.Unpickler):
+    def find_class(self, module, name):
+        import torch
+
+        allowed = name in _DCP_GLOBALS.get(module, ()) or (
+            module == "torch" and (name == "Size" or isinstance(getattr(torch, name, None), torch.dtype))
+        )
+        if not allowed:
+            raise pickle.UnpicklingError(f"it references {module}.{name}, which is not checkpoint metadata")
+        return super().find_class(module, name)
+
+
+def check_pickles(folder) -> list[Path]:
+    """Check every torch.distributed.checkpoint `.metadata` pickle under folder through a restricted unpickler.
+
+    Returns the files checked; raises UserError naming the refused file. Nothing in a refused file runs.
+    """
+    checked = []
+    for path in sorted(Path(folder).rglob(".metadata")):
+        try:
+            with open(path, "rb") as f:
+                _MetadataUnpickler(f).load()
+        except Exception as err:  # any failure of a pickle from outside means: do not load it
+            raise UserError(
+                f"refused {path}: {err}; a checkpoint's pickled files are loaded only when they hold plain "
+                "checkpoint metadata (never code). Publish or resume from a checkpoint you made yourself"
+            ) from None
+        checked.append(path)
+    return checked
+
+
+# ---------------------------------------------------------------------------------------------- weights
+
+
+def nonfinite_weights(named_tensors) -> list[str]:
+    """Names of the floating-point tensors that hold a NaN or an infinity."""
+    import torch
+
+    return [name for name, t in named_tensors if t.is_floating_point() and not bool(torch.isfinite(t).all())]

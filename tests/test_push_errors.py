@@ -1,0 +1,192 @@
+"""gpt-push on hostile input: nothing from a file runs, nothing of the user's is deleted or uploaded unasked,
+and every refusal is one line `gpt-push: error: ...` with a non-zero exit and no traceback."""
+
+import hashlib
+import json
+import os
+import pickle
+import shutil
+
+import pytest
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import PreTrainedTokenizerFast
+
+import push_to_hub
+from modeling_gpt import GPTConfig, GPTForCausalLM
+
+TEXTS = ["The cat sat on the mat.", "Energy is the capacity to do work.", "Rivers carry water to the sea."]
+
+
+def small_tokenizer():
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<|endoftext|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(TEXTS, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", bos_token="<|endoftext|>")
+
+
+@pytest.fixture(scope="module")
+def template(tmp_path_factory):
+    """A run folder as the trainer leaves it: final/, one checkpoint (trainer_state.json + model.safetensors),
+    metrics.jsonl and a plot."""
+    root = tmp_path_factory.mktemp("template") / "run"
+    tokenizer = small_tokenizer()
+    eot = tokenizer.eos_token_id
+    config = GPTConfig.from_preset("tiny", vocab_size=len(tokenizer), bos_token_id=eot, eos_token_id=eot, n_positions=64)
+    torch.manual_seed(0)
+    model = GPTForCausalLM(config)
+    model.save_pretrained(root / "final")
+    tokenizer.save_pretrained(root / "final")
+    step = root / "checkpoints" / "step_0000004"
+    step.mkdir(parents=True)
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in model.state_dict().items() if k != "lm_head.weight"}, step / "model.safetensors")
+    (step / "trainer_state.json").write_text(json.dumps({"step": 4, "tokens": 1024, "model_config": config.to_dict()}))
+    (root / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "loss": 5.0 / s}) + "\n" for s in range(1, 5)))
+    (root / "loss.png").write_bytes(b"\x89PNG\r\n\x1a\n a plot")
+    return root
+
+
+@pytest.fixture
+def run(template, tmp_path):
+    """A fresh copy of the run folder for each test (tests damage it on purpose)."""
+    shutil.copytree(template, tmp_path / "run")
+    return tmp_path / "run"
+
+
+def digest(folder) -> dict:
+    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def refused(capsys, argv, code=2) -> str:
+    """The one stderr line of a refused gpt-push."""
+    with pytest.raises(SystemExit) as exit_info:
+        push_to_hub.main(argv)
+    assert exit_info.value.code == code
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    line = err.strip().splitlines()[-1]
+    assert line.startswith("gpt-push: error: "), err
+    return line
+
+
+def push(checkpoint, *extra):
+    return ["--checkpoint", str(checkpoint), "--repo-id", "me/tiny", "--dry-run", "--prompts", *extra]
+
+
+class RunsCode:
+    """Unpickling this creates a folder: the proof that a pickle ran code."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return os.mkdir, (self.marker,)
+
+
+def test_crafted_fsdp_metadata_is_refused_and_never_run(run, tmp_path, capsys):
+    step = run / "checkpoints" / "step_0000004"
+    (step / "model.safetensors").unlink()
+    (step / "pytorch_model_fsdp_0").mkdir()
+    marker = tmp_path / "code-ran"
+    (step / "pytorch_model_fsdp_0" / ".metadata").write_bytes(pickle.dumps(RunsCode(marker)))
+    line = refused(capsys, push(step))
+    assert f"refused {step / 'pytorch_model_fsdp_0' / '.metadata'}" in line and "posix.mkdir" in line
+    assert not marker.exists()
+
+
+def test_overwrite_never_deletes_the_run_that_holds_the_input(run, capsys):
+    before = digest(run)
+    line = refused(capsys, push(run / "checkpoints" / "step_0000004", "--output-dir", str(run), "--overwrite"))
+    assert line == (f"gpt-push: error: --output-dir '{run}' holds the checkpoint being published; --overwrite would "
+                    "delete it: choose another --output-dir")
+    assert digest(run) == before
+    refused(capsys, push(run / "final", "--output-dir", str(run / "final"), "--overwrite"))
+    assert digest(run) == before
+
+
+def test_overwrite_never_deletes_another_run_or_token_shards(run, template, tmp_path, capsys):
+    other = tmp_path / "other-run"
+    shutil.copytree(template, other)
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    (shards / "manifest.json").write_text("{}")
+    for folder, holds in ((other, "metrics.jsonl, checkpoints, final"), (shards, "manifest.json")):
+        before = digest(folder)
+        line = refused(capsys, push(run / "final", "--output-dir", str(folder), "--overwrite"))
+        assert f"is not an earlier gpt-push export (it holds {holds})" in line
+        assert digest(folder) == before
+
+
+def test_overwrite_replaces_an_earlier_export(run, tmp_path, capsys):
+    out = tmp_path / "hub"
+    push_to_hub.main(push(run / "final", "--output-dir", str(out)))
+    (out / "stale.txt").write_text("from before")
+    push_to_hub.main(push(run / "final", "--output-dir", str(out), "--overwrite"))
+    assert not (out / "stale.txt").exists() and (out / "model.safetensors").is_file()
+
+
+def test_symlinks_in_the_run_folder_are_not_followed_into_the_upload(run, tmp_path, capsys):
+    secret = tmp_path / "secret"
+    secret.mkdir()
+    (secret / "id_rsa.png").write_bytes(b"PRIVATE KEY")
+    (secret / "results.json").write_text(json.dumps({"results": {"hellaswag": {"acc": 0.99, "n": 1}}, "model": "x"}))
+    (run / "stolen.png").symlink_to(secret / "id_rsa.png")
+    (run / "eval_results.json").symlink_to(secret / "results.json")
+    (run / "plots").symlink_to(secret)
+    out = tmp_path / "hub"
+    push_to_hub.main(push(run / "final", "--output-dir", str(out)))
+    assert sorted(p.name for p in (out / "plots").iterdir()) == ["loss.png"]
+    assert not any(b"PRIVATE KEY" in p.read_bytes() for p in out.rglob("*") if p.is_file())
+    assert "0.99" not in (out / "README.md").read_text()
+
+
+def test_non_finite_weights_are_not_exported(run, tmp_path, capsys):
+    from safetensors.torch import load_file, save_file
+
+    weights = load_file(run / "final" / "model.safetensors")
+    name = sorted(weights)[0]
+    weights[name].view(-1)[0] = float("nan")
+    save_file(weights, run / "final" / "model.safetensors", metadata={"format": "pt"})
+    line = refused(capsys, push(run / "final", "--output-dir", str(tmp_path / "hub")))
+    assert "refusing to export: 1 weight tensor(s) hold NaN or inf (e.g. " in line
+    assert not (tmp_path / "hub").exists()
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("truncated_weights", "model.safetensors"),
+    ("bad_trainer_state", "trainer_state.json is not valid JSON"),
+    ("bad_metrics", "metrics.jsonl line 6 is not valid JSON"),
+    ("missing_folder", "is not a folder"),
+    ("no_tokenizer", "no tokenizer found for"),
+])
+def test_damaged_input_is_one_line(run, capsys, damage, message):
+    step = run / "checkpoints" / "step_0000004"
+    if damage == "truncated_weights":
+        data = (step / "model.safetensors").read_bytes()
+        (step / "model.safetensors").write_bytes(data[: len(data) // 2])
+    elif damage == "bad_trainer_state":
+        (step / "trainer_state.json").write_text('{"step": 4,')
+    elif damage == "bad_metrics":
+        with open(run / "metrics.jsonl", "a") as f:
+            f.write("\n{not json\n")
+    elif damage == "missing_folder":
+        shutil.rmtree(step)
+    else:
+        for name in ("tokenizer.json", "tokenizer_config.json"):
+            (run / "final" / name).unlink()
+    line = refused(capsys, push(step))
+    assert message in line
+
+
+def test_debug_shows_the_traceback(run, capsys, monkeypatch):
+    monkeypatch.setenv("GPT_DEBUG", "1")
+    with pytest.raises(SystemExit):
+        push_to_hub.main(push(run / "nowhere"))
+    err = capsys.readouterr().err
+    assert "Traceback (most recent call last)" in err and err.strip().splitlines()[-1].startswith("gpt-push: error: ")
