@@ -51,11 +51,11 @@ def _message(err: BaseException) -> str:
     return " ".join(text.split()) or type(err).__name__
 
 
-def run_cli(prog: str, main, argv=None, expected: tuple = ()):
+def run_cli(prog: str, main, argv=None, expected: tuple = (), interrupted: str = "interrupted (Ctrl-C)"):
     """Call main(argv) and turn expected failures into one line and an exit code.
 
     expected: further exception types (besides UserError, RunError, ValueError, OSError) that mean bad input or
-    an unusable file for this tool. Anything else is a bug and keeps its traceback.
+    an unusable file for this tool. Anything else is a bug and keeps its traceback. interrupted: the line for Ctrl-C.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv or os.environ.get(DEBUG_ENV, "") not in ("", "0")
@@ -63,7 +63,7 @@ def run_cli(prog: str, main, argv=None, expected: tuple = ()):
     try:
         return main(argv)
     except KeyboardInterrupt as err:
-        failure, code, text = err, 130, "interrupted (Ctrl-C)"
+        failure, code, text = err, 130, interrupted
     except RunError as err:
         failure, code, text = err, 1, _message(err)
     except OSError as err:

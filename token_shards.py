@@ -108,9 +108,14 @@ def read_manifest(data_dir) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"no {MANIFEST} in {data_dir}: is it a folder written by gpt-tokenize?")
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise ShardError(f"{path} is not valid JSON: {e}") from e
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ShardError(f"{path} is not valid JSON ({e}): tokenize again into an empty folder") from None
+    missing = [k for k in ("vocab_size", "eot_id", "tokenizer", "shards") if not isinstance(manifest, dict) or k not in manifest]
+    if missing or not isinstance(manifest["shards"], list) or not isinstance(manifest["tokenizer"], dict):
+        raise ShardError(f"{path} is not a gpt-tokenize manifest (missing or malformed: {', '.join(missing) or 'shards/tokenizer'}): "
+                         "tokenize again into an empty folder")
+    return manifest
 
 
 def load_tokenizer(data_dir):

@@ -25,6 +25,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 import token_shards
+from cli_guard import FolderLock, UserError, run_cli
 from token_shards import MANIFEST, TOKENIZER_DIR, token_dtype, write_json_atomic, write_shard
 
 EOT_TEXT = "<|endoftext|>"
@@ -32,7 +33,7 @@ DOCS_PER_TASK = 64  # documents per unit of work handed to an encoder thread
 FORMATS = {".parquet": "parquet", ".jsonl": "jsonl", ".json": "jsonl", ".txt": "text"}
 
 
-class TokenizeError(ValueError):
+class TokenizeError(UserError, ValueError):
     """Bad input from the user: the message says what was wrong and what is accepted."""
 
 
@@ -75,6 +76,8 @@ def _check_args(args: TokenizeArguments) -> None:
             raise TokenizeError(f"--data-files {path}: unsupported extension; accepted: {', '.join(FORMATS)}")
         if not Path(path).is_file():
             raise TokenizeError(f"--data-files {path}: no such file")
+        if Path(path).stat().st_size == 0:
+            raise TokenizeError(f"--data-files {path}: the file is empty")
     if args.data_files and len({FORMATS[Path(p).suffix] for p in args.data_files}) > 1:
         raise TokenizeError(f"--data-files mixes formats ({', '.join(args.data_files)}); give files of one format")
 
@@ -85,9 +88,15 @@ def _jsonl_records(files):
     # our own reader: bytes that are not UTF-8 become U+FFFD instead of failing the whole file
     for path in files:
         with open(path, "rb") as f:
-            for line in f:
+            for number, line in enumerate(f, 1):
                 if line.strip():
-                    yield json.loads(line.decode("utf-8", errors="replace"))
+                    try:
+                        record = json.loads(line.decode("utf-8", errors="replace"))
+                    except json.JSONDecodeError as err:
+                        raise TokenizeError(f"{path} line {number} is not valid JSON ({err.msg}): repair or remove it") from None
+                    if not isinstance(record, dict):
+                        raise TokenizeError(f"{path} line {number} is a JSON {type(record).__name__}, not an object with a text field")
+                    yield record
 
 
 def load_source(args: TokenizeArguments):
@@ -271,8 +280,11 @@ def _start_or_resume(args, out: Path, source, config):
     if not (out / MANIFEST).is_file():
         return None
     manifest = token_shards.read_manifest(out)
-    if manifest.get("source") == source and manifest.get("config") == config:
+    damaged = _damaged_shard(out, manifest)
+    if manifest.get("source") == source and manifest.get("config") == config and "stream" in manifest and not damaged:
         return manifest
+    if damaged and not args.overwrite:
+        raise TokenizeError(f"{out} cannot be resumed: {damaged}; pass --overwrite to tokenize it again from the start")
     if not args.overwrite:
         diff = sorted(k for k in set(config) | set(source)
                       if {**manifest.get("source", {}), **manifest.get("config", {})}.get(k) != {**source, **config}.get(k))
@@ -281,6 +293,18 @@ def _start_or_resume(args, out: Path, source, config):
     for shard in [*out.glob("val_*.bin"), *out.glob("train_*.bin")]:
         shard.unlink()
     (out / MANIFEST).unlink()
+    return None
+
+
+def _damaged_shard(out: Path, manifest: dict) -> str | None:
+    """What is wrong with the first listed shard that is missing, truncated or of another length, if any."""
+    for entry in manifest["shards"]:
+        try:
+            _, n_tokens = token_shards.read_shard_header(out / entry["file"])
+        except token_shards.ShardError as err:
+            return str(err)
+        if n_tokens != entry["tokens"]:
+            return f"shard {out / entry['file']} holds {n_tokens} tokens, but {out / MANIFEST} says {entry['tokens']}"
     return None
 
 
@@ -306,11 +330,16 @@ def _records(ds, column, resume):
 
 
 def run(args: TokenizeArguments) -> dict:
-    """Tokenize the source into args.output; return the final manifest plus timings."""
-    t_start = time.perf_counter()
+    """Tokenize the source into args.output; return the final manifest plus timings.
+
+    The folder is locked while the run writes it: a second run into it is refused with the holder's pid."""
     _check_args(args)
-    out = Path(args.output)
-    out.mkdir(parents=True, exist_ok=True)
+    with FolderLock(args.output, "--output"):
+        return _run(args, Path(args.output))
+
+
+def _run(args: TokenizeArguments, out: Path) -> dict:
+    t_start = time.perf_counter()
     # leftovers of a killed run: half-written shards, manifest or tokenizer
     for stale in [*out.glob("*.bin.tmp"), out / (MANIFEST + ".tmp")]:
         stale.unlink(missing_ok=True)
@@ -362,7 +391,7 @@ def run(args: TokenizeArguments) -> dict:
     t_stream, cpu_stream = time.perf_counter(), time.process_time()
     records = _records(ds, args.text_column, resume)
     pending, exhausted = deque(), False
-    with ThreadPoolExecutor(workers) as pool:
+    with bar, ThreadPoolExecutor(workers) as pool:  # the bar is closed before any error is printed
         while not stopped:
             # keep every encoder thread busy, a couple of batches ahead
             while not exhausted and len(pending) < 2 * workers:
@@ -415,7 +444,6 @@ def run(args: TokenizeArguments) -> dict:
                 bar.set_postfix(docs=f"{docs_seen:,}", skipped=skipped_base, refresh=False)
         for *_, f in pending:
             f.cancel()
-    bar.close()
     stream.update(complete=True, stop_reason=stop_reason)
     if fill:
         flush(buf[:fill], None, skipped_base, records_read)
@@ -431,13 +459,19 @@ def run(args: TokenizeArguments) -> dict:
 
 
 def main(argv=None) -> None:
+    run_cli("gpt-tokenize", _main, argv, interrupted="interrupted (Ctrl-C); run the same command again to continue "
+            "from the last complete shard")
+
+
+def _main(argv) -> None:
+    import pyarrow
     from transformers import HfArgumentParser
 
     (args,) = HfArgumentParser(TokenizeArguments).parse_args_into_dataclasses(args=argv)
     try:
         result = run(args)
-    except TokenizeError as e:
-        raise SystemExit(f"gpt-tokenize: error: {e}") from None
+    except pyarrow.ArrowException as err:  # a damaged parquet file: arrow's message does not name it
+        raise TokenizeError(f"cannot read {' '.join(args.data_files or [args.dataset])}: {err}") from None
     stream = result["stream"]
     splits = {s: sum(x["tokens"] for x in result["shards"] if x["split"] == s) for s in ("val", "train")}
     print(f"{args.output}: {stream['tokens']:,} tokens ({splits['val']:,} val, {splits['train']:,} train) in "

@@ -207,7 +207,8 @@ def test_cli_errors_name_the_bad_value(tmp_path, capsys):
     def error(*argv):
         with pytest.raises(SystemExit) as info:
             tokenize_fineweb.main(["--output", str(tmp_path / "out"), *argv])
-        return str(info.value)
+        assert info.value.code == 2
+        return capsys.readouterr().err
 
     data = write_jsonl(tmp_path / "d.jsonl", [{"body": "x", "id": 1}])
     assert "--text-column 'text' is not in the data; columns present: body, id" in error("--data-files", str(data))

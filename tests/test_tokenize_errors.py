@@ -1,0 +1,163 @@
+"""gpt-tokenize on hostile input: one output folder has one writer, a damaged output is never reported complete,
+and every bad file or value ends in one line `gpt-tokenize: error: ...` (exit 2) that names it, without a traceback."""
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import token_shards
+import tokenize_fineweb
+
+REPO = Path(__file__).resolve().parents[1]
+WORDS = "the cat sat on a mat while rivers carry water from high mountains down to the open sea".split()
+# a 300-token BPE trained on the data itself: no tokenizer download, every run takes a second
+SMALL = ["--train-tokenizer", "--vocab-size", "300", "--tokenizer-train-docs", "50", "--workers", "1"]
+
+
+def write_docs(path: Path, n: int, words: int = 40) -> Path:
+    with open(path, "w") as f:
+        for i in range(n):
+            f.write(json.dumps({"text": " ".join(WORDS[(i + k) % len(WORDS)] for k in range(words))}) + "\n")
+    return path
+
+
+def digest(folder) -> dict:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(Path(folder).rglob("*")) if p.is_file()}
+
+
+def refused(capsys, argv) -> str:
+    """The one stderr line of a refused gpt-tokenize (exit 2, no traceback)."""
+    with pytest.raises(SystemExit) as info:
+        tokenize_fineweb.main(argv)
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    line = err.strip().splitlines()[-1]
+    assert line.startswith("gpt-tokenize: error: "), err
+    return line
+
+
+@pytest.fixture
+def done(tmp_path):
+    """A complete output folder and the command that made it."""
+    argv = ["--data-files", str(write_docs(tmp_path / "docs.jsonl", 60)), "--output", str(tmp_path / "out"),
+            "--shard-size", "500", "--val-tokens", "500", *SMALL]
+    tokenize_fineweb.main(argv)
+    return tmp_path / "out", argv
+
+
+HOLD_LOCK = """
+import sys, time
+from cli_guard import FolderLock
+FolderLock(sys.argv[1], "--output").acquire()
+print("locked", flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_second_run_into_a_locked_folder_is_refused_with_the_holders_pid(done, capsys):
+    out, argv = done
+    before = digest(out)
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(out)], cwd=REPO, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        line = refused(capsys, argv[:-len(SMALL)] + ["--shard-size", "300", "--overwrite", *SMALL])
+        assert line == (f"gpt-tokenize: error: {out} is in use by another run (pid {holder.pid}); wait for it to end "
+                        "or choose another --output")
+        assert digest(out) == {**before, ".lock": digest(out)[".lock"]}
+    finally:
+        holder.kill()  # SIGKILL: the kernel drops the flock, no stale lock is left
+        holder.wait()
+    tokenize_fineweb.main(argv)
+    assert "already complete" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("damage", ["truncated", "missing", "longer"])
+def test_a_damaged_shard_is_never_reported_complete(done, capsys, damage):
+    out, argv = done
+    shard = out / token_shards.read_manifest(out)["shards"][1]["file"]
+    data = shard.read_bytes()
+    if damage == "truncated":
+        shard.write_bytes(data[:-10])
+    elif damage == "missing":
+        shard.unlink()
+    else:  # a valid shard of another length: the header matches the file, not the manifest
+        import numpy as np
+
+        token_shards.write_shard(shard, np.arange(7, dtype=np.uint16))
+    line = refused(capsys, argv)
+    assert line.startswith(f"gpt-tokenize: error: {out} cannot be resumed: shard {shard} ")
+    assert line.endswith("pass --overwrite to tokenize it again from the start")
+    tokenize_fineweb.main([*argv, "--overwrite"])
+    assert shard.read_bytes() == data  # redone from the start, identical
+
+
+@pytest.mark.parametrize("content, message", [
+    ("{}", "is not a gpt-tokenize manifest (missing or malformed: vocab_size, eot_id, tokenizer, shards)"),
+    ("[1, 2]", "is not a gpt-tokenize manifest"),
+    ('{"vocab_size": 5', "is not valid JSON"),
+])
+def test_a_damaged_manifest_is_one_line(done, capsys, content, message):
+    out, argv = done
+    (out / "manifest.json").write_text(content)
+    assert message in refused(capsys, argv)
+
+
+def test_bad_data_files_name_the_file_and_line(tmp_path, capsys):
+    out = ["--output", str(tmp_path / "out"), *SMALL]
+    bad = write_docs(tmp_path / "bad.jsonl", 3)
+    with open(bad, "a") as f:
+        f.write('{"text": not json}\n')
+    assert refused(capsys, ["--data-files", str(bad), *out]) == (
+        f"gpt-tokenize: error: {bad} line 4 is not valid JSON (Expecting value): repair or remove it")
+    listed = tmp_path / "list.jsonl"
+    listed.write_text('{"text": "fine"}\n["not", "an", "object"]\n')
+    assert refused(capsys, ["--data-files", str(listed), *out]) == (
+        f"gpt-tokenize: error: {listed} line 2 is a JSON list, not an object with a text field")
+    empty = tmp_path / "empty.parquet"
+    empty.write_bytes(b"")
+    assert refused(capsys, ["--data-files", str(empty), *out]) == f"gpt-tokenize: error: --data-files {empty}: the file is empty"
+    garbage = tmp_path / "garbage.parquet"
+    garbage.write_bytes(b"this is not parquet at all")
+    assert refused(capsys, ["--data-files", str(garbage), *out]).startswith(f"gpt-tokenize: error: cannot read {garbage}: ")
+
+
+def test_debug_shows_the_traceback(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        tokenize_fineweb.main(["--data-files", str(tmp_path / "missing.jsonl"), "--output", str(tmp_path / "o"), "--debug"])
+    err = capsys.readouterr().err
+    assert "Traceback (most recent call last)" in err
+    assert err.strip().splitlines()[-1] == f"gpt-tokenize: error: --data-files {tmp_path / 'missing.jsonl'}: no such file"
+
+
+def test_ctrl_c_says_how_to_continue_and_the_same_command_finishes(tmp_path):
+    data = write_docs(tmp_path / "docs.jsonl", 4000, words=60)
+    argv = ["--data-files", str(data), "--shard-size", "2000", "--val-tokens", "2000", *SMALL]
+    reference = tmp_path / "reference"
+    tokenize_fineweb.main([*argv, "--output", str(reference)])
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "tokenize_fineweb", *argv, "--output", str(out)]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None:
+        manifest = out / "manifest.json"
+        if manifest.is_file() and len(json.loads(manifest.read_text())["shards"]) >= 2:
+            break
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    assert err.strip().splitlines()[-1] == ("gpt-tokenize: error: interrupted (Ctrl-C); run the same command again to "
+                                           "continue from the last complete shard")
+    assert not token_shards.read_manifest(out)["stream"]["complete"]
+    subprocess.run(command, cwd=REPO, env=env, check=True, capture_output=True)
+    assert token_shards.read_manifest(out)["shards"] == token_shards.read_manifest(reference)["shards"]
