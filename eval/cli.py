@@ -6,12 +6,14 @@
 """
 
 import os
-import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Optional
 
 from transformers import HfArgumentParser
+
+from cli_guard import run_cli
 
 DTYPES = ("float32", "bfloat16", "float16", "auto")
 
@@ -49,6 +51,24 @@ class PlotArguments:
     output: str = field(default="plots", metadata={"help": "Folder for loss.png and hellaswag.png."})
 
 
+WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
+
+
+def _check_local(name: str, what: str, needs: tuple, hint: str):
+    """A local folder must exist and hold one of `needs`; a Hub id (namespace/name) is left to transformers."""
+    path = Path(name).expanduser()
+    if not path.exists():
+        if name.startswith((".", "/", "~")) or name.count("/") > 1 or os.sep != "/" and os.sep in name:
+            raise FileNotFoundError(f"{what} {name}: no such folder")
+        return
+    if not path.is_dir():
+        raise ValueError(f"{what} {name}: not a folder; give a save_pretrained folder or a Hub id")
+    if not any((path / f).is_file() for f in needs):
+        found = sorted(p.name for p in path.iterdir())[:12]
+        raise FileNotFoundError(f"{what} {name}: none of {', '.join(needs)} in it (found {found}); {hint}")
+
+
 def _load(args: EvalArguments):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -57,6 +77,13 @@ def _load(args: EvalArguments):
 
     if args.dtype not in DTYPES:
         raise ValueError(f"--dtype {args.dtype!r}; accepted: {', '.join(DTYPES)}")
+    _check_local(args.model, "--model", ("config.json",), "give a save_pretrained folder, e.g. a run's final/")
+    _check_local(args.model, "--model", WEIGHTS, "the weights are missing: copy model.safetensors into it")
+    if args.tokenizer is None:
+        _check_local(args.model, "--model", TOKENIZER_FILES,
+                     "it has no tokenizer: pass --tokenizer with the one the model was trained with")
+    else:
+        _check_local(args.tokenizer, "--tokenizer", TOKENIZER_FILES, "give a folder saved with save_pretrained")
     dtype = args.dtype if args.dtype == "auto" else getattr(torch, args.dtype)
     model = AutoModelForCausalLM.from_pretrained(args.model, dtype=dtype, trust_remote_code=args.trust_remote_code)
     tokenizer = AutoTokenizer.from_pretrained(args.tokenizer or args.model, trust_remote_code=args.trust_remote_code)
@@ -90,7 +117,7 @@ def evaluate_main(argv) -> dict:
                             max_length=args.max_length, stride=args.stride)
     if args.val_data_dir:
         seq_len = args.seq_len or args.max_length or max_length_of(model, tokenizer)
-        val = val_loss(model, args.val_data_dir, args.batch_size, seq_len, args.val_batches, accelerator)
+        val = val_loss(model, args.val_data_dir, args.batch_size, seq_len, args.val_batches, accelerator, tokenizer)
         results["val"] = {"loss": val["val_loss"], "perplexity": val["val_ppl"], "n": val["tokens"]}
     if not results:
         raise ValueError("nothing to evaluate: give --tasks and/or --val-data-dir")
@@ -119,12 +146,15 @@ def plot_main(argv) -> list:
     return paths
 
 
-def main(argv=None):
-    argv = sys.argv[1:] if argv is None else list(argv)
+def _main(argv):
     if argv[:1] == ["plot"]:
         plot_main(argv[1:])
     else:
         evaluate_main(argv)
+
+
+def main(argv=None):
+    run_cli("gpt-eval", _main, argv)
 
 
 if __name__ == "__main__":

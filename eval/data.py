@@ -34,9 +34,52 @@ HUB_DATASETS = {
 }
 
 
-def _read_jsonl(path: Path) -> list[dict]:
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+# the fields of each local file's lines, the list of choices, and the field holding the gold index into it
+SCHEMAS = {
+    "hellaswag": (("activity_label", "ctx_a", "ctx_b", "ctx", "endings", "label"), "endings", "label"),
+    "lambada_openai": (("context", "continuation"), None, None),
+    "piqa": (("query", "choices", "gold"), "choices", "gold"),
+    "arc_easy": (("query", "choices", "gold"), "choices", "gold"),
+    "arc_challenge": (("query", "choices", "gold"), "choices", "gold"),
+    "winogrande": (("context_options", "continuation", "gold"), "context_options", "gold"),
+}
+
+
+def _check_doc(task: str, doc, where: str) -> dict:
+    """A document of the task's schema, else a ValueError naming the file, the line and what is wrong."""
+    keys, choices, gold = SCHEMAS[task]
+    if not isinstance(doc, dict):
+        raise ValueError(f"{where}: expected a JSON object with {', '.join(keys)}, got a {type(doc).__name__}")
+    missing = [k for k in keys if k not in doc]
+    if missing:
+        raise ValueError(f"{where}: missing field(s) {', '.join(missing)} (a {task} line has {', '.join(keys)})")
+    if choices is not None:
+        options = doc[choices]
+        if not isinstance(options, list) or len(options) < 2 or not all(isinstance(o, str) for o in options):
+            raise ValueError(f"{where}: {choices} must be a list of at least two strings")
+        try:
+            index = int(doc[gold])
+        except (TypeError, ValueError):
+            index = None
+        if index is None or not 0 <= index < len(options):
+            raise ValueError(f"{where}: {gold}={doc[gold]!r} is not an index into the {len(options)} {choices} "
+                             f"(0..{len(options) - 1}); such an item cannot be scored")
+    return doc
+
+
+def _read_jsonl(path: Path, task: str) -> list[dict]:
+    docs = []
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for number, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    doc = json.loads(line)
+                except json.JSONDecodeError as err:
+                    raise ValueError(f"{path} line {number} is not valid JSON ({err.msg})") from None
+                docs.append(_check_doc(task, doc, f"{path} line {number}"))
+    if not docs:
+        raise ValueError(f"{path} holds no {task} items")
+    return docs
 
 
 def _is_heading(line: str) -> bool:
@@ -70,9 +113,12 @@ def _load_local(task: str, data_dir: Path) -> list[dict]:
         raise FileNotFoundError(f"{task}: expected {path} (data_dir={data_dir} must be laid out like ../shared/data)")
     if task == "wikitext":
         # bytes, not text mode: the lines are joined with CRLF and text mode would translate them
-        lines = path.read_bytes().decode("utf-8").removesuffix("\r\n").split("\r\n")
+        try:
+            lines = path.read_bytes().decode("utf-8").removesuffix("\r\n").split("\r\n")
+        except UnicodeDecodeError as err:
+            raise ValueError(f"{path} is not UTF-8 text ({err})") from None
         return [{"page": page} for page in split_articles(lines)]
-    docs = _read_jsonl(path)
+    docs = _read_jsonl(path, task)
     if task in ("piqa", "arc_easy", "arc_challenge"):
         return [{"query": _mc_context(d["query"]), "choices": d["choices"], "gold": int(d["gold"])} for d in docs]
     return docs
@@ -112,7 +158,12 @@ def load_task_docs(task: str, data_dir=None, limit: int | None = None) -> list[d
     """The first `limit` documents of a task, from `data_dir` when given, else from the Hub."""
     if task not in LOCAL_FILES:
         raise ValueError(f"unknown task {task!r}; known: {', '.join(LOCAL_FILES)}")
-    docs = _load_local(task, Path(data_dir)) if data_dir is not None else _load_hub(task)
+    if data_dir is not None:
+        docs = _load_local(task, Path(data_dir))
+    else:
+        docs = _load_hub(task)
+        if task in SCHEMAS:
+            docs = [_check_doc(task, d, f"{task} item {i} from the Hub") for i, d in enumerate(docs)]
     return docs if limit is None else docs[:limit]
 
 

@@ -38,14 +38,17 @@ def mean_loss(model, loader, num_batches: int, accelerator=None) -> float:
     return total.item() / num_batches
 
 
-def val_loss(model, data_dir, batch_size: int, seq_len: int, num_batches: int | None = None, accelerator=None) -> dict:
+def val_loss(model, data_dir, batch_size: int, seq_len: int, num_batches: int | None = None, accelerator=None,
+             tokenizer=None) -> dict:
     """Mean next-token loss over the first `num_batches` (B, T) batches of the "val" split (all when None).
 
+    tokenizer: the model's; the shards must have been written with the same vocabulary (else a ShardError).
     Returns {"val_loss", "val_ppl", "tokens"}; equal under Accelerate to a single-process run.
     """
     rank, world_size = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
     loader = token_shards.ShardDataLoader(
-        data_dir, split="val", batch_size=batch_size, seq_len=seq_len, rank=rank, world_size=world_size, shuffle=False
+        data_dir, split="val", batch_size=batch_size, seq_len=seq_len, rank=rank, world_size=world_size, shuffle=False,
+        tokenizer_hash=None if tokenizer is None else token_shards.tokenizer_hash(tokenizer),
     )
     if num_batches is None:
         num_batches = loader.chunks_per_epoch

@@ -1,0 +1,114 @@
+"""gpt-eval on hostile input: a model folder missing its weights or tokenizer, shards of another tokenizer,
+benchmark files with bad lines or impossible gold answers. Each ends in one line `gpt-eval: error: ...`
+(non-zero exit, no traceback) that names the file or value; nothing is scored wrong in silence."""
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from eval.cli import main
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+pytestmark = pytest.mark.skipif(not (DATA / "gpt2-tokenizer").is_dir(), reason=f"shared data not found at {DATA}")
+ITEM = {"ind": 0, "activity_label": "Cooking", "ctx_a": "A man cuts an onion.", "ctx_b": "he", "ctx": "A man cuts an onion. he",
+        "split": "val", "label": 1, "endings": ["sings.", "puts it in a pan.", "flies away.", "reads a book."]}
+
+
+def refused(capsys, argv, code=2) -> str:
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == code
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    line = err.strip().splitlines()[-1]
+    assert line.startswith("gpt-eval: error: "), err
+    return line
+
+
+def hellaswag_dir(root: Path, lines: list[str]) -> Path:
+    (root / "hellaswag").mkdir(parents=True)
+    (root / "hellaswag" / "hellaswag_val.jsonl").write_text("".join(line + "\n" for line in lines))
+    return root
+
+
+def test_model_folder_without_weights_names_the_missing_file(model_dir, tmp_path, capsys):
+    shutil.copytree(model_dir, tmp_path / "m", ignore=shutil.ignore_patterns("*.safetensors"))
+    line = refused(capsys, ["--model", str(tmp_path / "m"), "--data-dir", str(DATA), "--limit", "1"])
+    assert line.startswith(f"gpt-eval: error: --model {tmp_path / 'm'}: none of model.safetensors, "
+                           "model.safetensors.index.json, pytorch_model.bin, pytorch_model.bin.index.json in it")
+    assert "copy model.safetensors into it" in line
+
+
+def test_model_folder_without_tokenizer_says_to_pass_one(model_dir, tmp_path, capsys):
+    shutil.copytree(model_dir, tmp_path / "m", ignore=shutil.ignore_patterns("tokenizer*", "vocab.json", "merges.txt"))
+    line = refused(capsys, ["--model", str(tmp_path / "m"), "--data-dir", str(DATA), "--limit", "1"])
+    assert "it has no tokenizer: pass --tokenizer with the one the model was trained with" in line
+    line = refused(capsys, ["--model", str(tmp_path / "m"), "--tokenizer", str(tmp_path / "nope"), "--limit", "1"])
+    assert line == f"gpt-eval: error: --tokenizer {tmp_path / 'nope'}: no such folder"
+
+
+def test_missing_model_folder_and_unknown_task(model_dir, tmp_path, capsys):
+    assert refused(capsys, ["--model", str(tmp_path / "nowhere")]) == f"gpt-eval: error: --model {tmp_path / 'nowhere'}: no such folder"
+    line = refused(capsys, ["--model", str(model_dir), "--tasks", "hellaswag,mmlu", "--data-dir", str(DATA)])
+    assert line.startswith("gpt-eval: error: unknown task 'mmlu'; known: hellaswag")
+    line = refused(capsys, ["--model", str(model_dir), "--tasks", "piqa", "--data-dir", str(tmp_path)])
+    assert line.startswith(f"gpt-eval: error: piqa: expected {tmp_path / 'evals' / 'piqa.jsonl'}")
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({**ITEM, "label": 4}, "label=4 is not an index into the 4 endings (0..3); such an item cannot be scored"),
+    ({**ITEM, "label": -1}, "label=-1 is not an index into the 4 endings"),
+    ({**ITEM, "label": "two"}, "label='two' is not an index into the 4 endings"),
+    ({k: v for k, v in ITEM.items() if k != "endings"}, "missing field(s) endings"),
+    ({**ITEM, "endings": "one string"}, "endings must be a list of at least two strings"),
+    (None, "line 2 is not valid JSON (Expecting property name enclosed in double quotes)"),
+])
+def test_bad_benchmark_lines_are_refused_with_file_and_line(model_dir, tmp_path, capsys, bad, message):
+    data = hellaswag_dir(tmp_path, [json.dumps(ITEM), "{broken" if bad is None else json.dumps(bad)])
+    line = refused(capsys, ["--model", str(model_dir), "--data-dir", str(data)])
+    assert line.startswith(f"gpt-eval: error: {data / 'hellaswag' / 'hellaswag_val.jsonl'} line 2")
+    assert message in line
+
+
+def write_val_shards(folder: Path, tokenizer_hash: str) -> Path:
+    import token_shards
+
+    tokens = np.random.default_rng(0).integers(0, 50257, 3000).astype(np.uint16)
+    sha = token_shards.write_shard(folder / "val_000000.bin", tokens)
+    (folder / "manifest.json").write_text(json.dumps({
+        "vocab_size": 50257, "eot_id": 50256, "tokenizer": {"name": "other", "hash": tokenizer_hash},
+        "shards": [{"file": "val_000000.bin", "split": "val", "tokens": 3000, "docs": 1, "sha256": sha}]}))
+    return folder
+
+
+def test_val_shards_of_another_tokenizer_are_refused(model_dir, tmp_path, capsys):
+    shards = write_val_shards(tmp_path, "f" * 64)
+    out = tmp_path / "val.json"
+    line = refused(capsys, ["--model", str(model_dir), "--tasks", "", "--val-data-dir", str(shards), "--seq-len", "32",
+                            "--output", str(out)])
+    assert line.startswith(f"gpt-eval: error: {shards / 'manifest.json'} was written with tokenizer_hash='fff")
+    assert line.endswith("tokenize the data with the model's tokenizer")
+    assert not out.exists()
+
+
+def test_impossible_val_batches_and_unwritable_output(model_dir, tmp_path, capsys):
+    import token_shards
+    from transformers import AutoTokenizer
+
+    shards = write_val_shards(tmp_path, token_shards.tokenizer_hash(AutoTokenizer.from_pretrained(model_dir)))
+    base = ["--model", str(model_dir), "--tasks", "", "--val-data-dir", str(shards), "--seq-len", "32", "--batch-size", "2"]
+    line = refused(capsys, [*base, "--val-batches", "1000"])
+    assert line == "gpt-eval: error: num_batches=1000; the split holds 1..46 batches of 2x32"
+    (tmp_path / "file").write_text("a file, not a folder")
+    line = refused(capsys, [*base, "--val-batches", "1", "--output", str(tmp_path / "file" / "r.json")], code=1)
+    assert line == f"gpt-eval: error: File exists: {tmp_path / 'file'}"
+
+
+def test_debug_shows_the_traceback(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["--model", str(tmp_path / "nowhere"), "--debug"])
+    err = capsys.readouterr().err
+    assert "Traceback (most recent call last)" in err and err.strip().splitlines()[-1].startswith("gpt-eval: error: ")
