@@ -32,6 +32,7 @@ from transformers import AutoConfig, GenerationConfig, HfArgumentParser
 
 import atomic_io
 import token_shards
+from cli_guard import FolderLock, RunError, UserError, check_pickles, nonfinite_weights, run_cli
 from eval import mean_loss, run_tasks
 from modeling_gpt import PRESETS, GPTConfig, GPTForCausalLM
 from modeling_gpt.flops import flops_per_token, peak_tflops
@@ -159,12 +160,17 @@ class TrainArguments:
         default="auto", metadata={"help": f"One of {TRACKERS}; auto = TensorBoard when installed."}
     )
     run_name: Optional[str] = field(default=None, metadata={"help": "Tracker run name; default: output_dir's name."})
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={"help": "Start afresh in an output_dir that holds an earlier run: its checkpoints/, final/ and "
+                          "metrics.jsonl are replaced. Without it such a folder is refused."},
+    )
 
 
 ARGUMENT_CLASSES = (ModelArguments, DataArguments, TrainArguments)
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A setting that cannot work; the message names the value and what is accepted."""
 
 
@@ -211,6 +217,10 @@ def parse_args(argv=None) -> tuple[ModelArguments, DataArguments, TrainArguments
     model_args, data_args, train_args, _ = parser.parse_args_into_dataclasses(args=argv)
     for obj in (model_args, data_args, train_args):
         _check_types(obj)
+        for f in fields(obj):
+            value = getattr(obj, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"{f.name}={value} must be a finite number")
     validate_args(model_args, data_args, train_args)
     return model_args, data_args, train_args
 
@@ -370,7 +380,7 @@ class MetricsLog:
         return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(RunError):
     pass
 
 
@@ -394,11 +404,13 @@ def ensure_tokenized(data_args: DataArguments, accelerator: Accelerator):
     others wait). A run that was killed while tokenizing left an incomplete one: the tokenizer resumes it."""
     manifest = Path(data_args.data_dir) / "manifest.json"
     with accelerator.main_process_first():
-        if manifest.is_file() and token_shards.read_manifest(data_args.data_dir)["stream"]["complete"]:
+        # a manifest without a stream record was not written by an interrupted gpt-tokenize: complete
+        if manifest.is_file() and token_shards.read_manifest(data_args.data_dir).get("stream", {"complete": True})["complete"]:
             return
         if data_args.tokenize_dataset is None:
+            found = "is incomplete (gpt-tokenize was interrupted)" if manifest.is_file() else "not found"
             raise ConfigError(
-                f"{manifest} not found: tokenize first (gpt-tokenize ... {data_args.data_dir}) or set tokenize_dataset"
+                f"{manifest} {found}: tokenize first (gpt-tokenize ... {data_args.data_dir}) or set tokenize_dataset"
             )
         if not accelerator.is_main_process:
             raise ConfigError(f"{manifest} is still missing or incomplete after the main process tokenized into it")
@@ -505,6 +517,7 @@ class Run:
     last_good: Optional[Path]  # the newest checkpoint, named when the loss turns non-finite
     elapsed_before: float  # training seconds before the checkpoint this run resumed from
     clock_start: float = field(default_factory=time.perf_counter)
+    lock: Optional[FolderLock] = None  # held on output_dir by the main process until the run ends
 
 
 def make_accelerator(args: TrainArguments) -> tuple[Accelerator, str]:
@@ -523,22 +536,88 @@ def make_accelerator(args: TrainArguments) -> tuple[Accelerator, str]:
     return accelerator, tracker
 
 
-def resume_point(args: TrainArguments, checkpoints: CheckpointManager) -> Optional[Path]:
-    """The checkpoint to resume from, or None for a fresh start; never silently trains over an existing run."""
+def on_main(accelerator: Accelerator, fn: Callable):
+    """fn() on the main process only (file checks, the lock); its result, or its refusal, reaches every process."""
+    from accelerate.utils import broadcast_object_list
+
+    result = error = None
+    if accelerator.is_main_process:
+        try:
+            result = fn()
+        except (UserError, RunError) as err:
+            error = err
+    result, error = broadcast_object_list([result, error])
+    if error is not None:
+        raise error
+    return result
+
+
+def checkpoint_damage(path: Path, world_size: int) -> Optional[str]:
+    """What makes a checkpoint folder unusable (a truncated, missing or foreign file), or None when it is whole.
+
+    Every file is opened the way it will be loaded: weights-only (no pickle runs code), memory-mapped (cheap)."""
+    from accelerate.utils.other import load as load_weights_only  # torch.load(weights_only=True) + numpy RNG states
+    from safetensors import safe_open
+
+    try:
+        state = json.loads((path / "trainer_state.json").read_text())
+        step, _ = state["step"], state["train_loader"]
+        check_pickles(path)  # FSDP sharded folders: .metadata is a pickle
+        for file in sorted(path.glob("*.safetensors")):
+            with safe_open(file, "pt"):
+                pass
+        for file in sorted(path.glob("*.bin")):
+            torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+        # accelerate swallows a damaged RNG file and resumes with other dropout masks: check them here
+        expected = [path / f"random_states_{i}.pkl" for i in range(world_size)] if state.get("world_size") == world_size else []
+        for file in sorted({*path.glob("random_states_*.pkl"), *expected}):
+            load_weights_only(file)
+    except Exception as err:  # noqa: BLE001  anything that fails to load makes the checkpoint unusable
+        return f"{type(err).__name__}: {' '.join(str(err).split())[:300]}"
+    return None
+
+
+def resume_point(args: TrainArguments, checkpoints: CheckpointManager, world_size: int) -> Optional[Path]:
+    """The checkpoint to resume from, or None for a fresh start; never silently trains over an existing run.
+
+    With 'latest', a damaged newest checkpoint is reported and the previous whole one is used."""
     resume = args.resume_from_checkpoint
-    if resume == "latest":
-        return checkpoints.latest()
-    if resume is None:
-        if checkpoints.latest() is not None:
+    if resume is None and checkpoints.latest() is not None and not args.overwrite_output_dir:
+        raise ConfigError(
+            f"{args.output_dir} already holds checkpoints (latest {checkpoints.latest()}); pass "
+            "--resume_from_checkpoint latest to continue that run, --overwrite_output_dir to start afresh, "
+            "or choose another output_dir"
+        )
+    if resume is None or (resume == "latest" and not checkpoints.steps()):
+        earlier = [name for name in ("final", "metrics.jsonl") if (Path(args.output_dir) / name).exists()]
+        if earlier and not args.overwrite_output_dir:
             raise ConfigError(
-                f"{args.output_dir} already holds checkpoints (latest {checkpoints.latest()}); pass "
-                "--resume_from_checkpoint latest to continue that run, or choose another output_dir"
+                f"{args.output_dir} holds an earlier run ({', '.join(earlier)}) and no checkpoint to resume from; "
+                "pass --overwrite_output_dir to replace it, or choose another output_dir"
             )
         return None
+    if resume == "latest":
+        for step in reversed(checkpoints.steps()):
+            damage = checkpoint_damage(checkpoints.path(step), world_size)
+            if damage is None:
+                return checkpoints.path(step)
+            print(f"gpt-train: warning: checkpoint {checkpoints.path(step)} is damaged ({damage}); "
+                  "falling back to the previous one", file=sys.stderr, flush=True)
+        raise RunError(f"every checkpoint in {checkpoints.root} is damaged; pass --overwrite_output_dir to start afresh")
     resume = Path(resume)
     if not (resume / "trainer_state.json").is_file():
         raise ConfigError(f"resume_from_checkpoint={str(resume)!r} is not a complete checkpoint folder")
+    damage = checkpoint_damage(resume, world_size)
+    if damage is not None:
+        raise RunError(f"checkpoint {resume} is damaged ({damage}); resume from an earlier one")
     return resume
+
+
+def lock_output_dir(accelerator: Accelerator, output_dir: Path) -> Optional[FolderLock]:
+    """The main process locks output_dir for the whole run: a second run into it is refused with this pid."""
+    held = []
+    on_main(accelerator, lambda: held.append(FolderLock(output_dir, "output_dir").acquire()))
+    return held[0] if held else None
 
 
 def load_checkpoint(accelerator: Accelerator, path: Path, args: TrainArguments, train_loader) -> dict:
@@ -559,11 +638,28 @@ def start_trackers(accelerator: Accelerator, tracker: str, args: TrainArguments,
         accelerator.init_trackers(args.run_name or Path(args.output_dir).resolve().name, config=flat)
 
 
+def check_evaluation(args: TrainArguments, val_loader: token_shards.ShardDataLoader):
+    """What the first evaluation needs, checked before the first step rather than after eval_interval steps."""
+    if not args.eval_interval:
+        return
+    if args.val_batches > val_loader.chunks_per_epoch:
+        raise ConfigError(
+            f"val_batches={args.val_batches} but the val split holds {val_loader.chunks_per_epoch} batches of "
+            f"micro_batch_size x seq_len = {args.micro_batch_size} x {args.seq_len}; use val_batches <= "
+            f"{val_loader.chunks_per_epoch} (or 0 for no validation loss)"
+        )
+    if args.hellaswag:
+        from eval.data import load_task_docs
+
+        load_task_docs("hellaswag", args.hellaswag_data_dir, args.hellaswag_limit)
+
+
 def start_up(argv=None) -> Run:
     """Settings, accelerator, data, model, optimizer and, when resuming, the checkpoint."""
     model_args, data_args, args = parse_args(argv)
     output_dir = Path(args.output_dir)
     accelerator, tracker = make_accelerator(args)
+    lock = lock_output_dir(accelerator, output_dir)
     device, world = accelerator.device, accelerator.num_processes
     accum = gradient_accumulation_steps(args.total_batch_tokens, args.micro_batch_size, args.seq_len, world)
     torch.backends.cuda.matmul.allow_tf32 = True
@@ -585,6 +681,7 @@ def start_up(argv=None) -> Run:
     )
     train_loader = token_shards.ShardDataLoader(data_args.data_dir, split="train", **loader_kwargs)
     val_loader = token_shards.ShardDataLoader(data_args.data_dir, split="val", shuffle=False, **loader_kwargs)
+    check_evaluation(args, val_loader)
 
     n_params, flops_token = model.num_parameters(), flops_per_token(model.config, args.seq_len)  # before FSDP shards it
     optimizer = torch.optim.AdamW(
@@ -595,10 +692,13 @@ def start_up(argv=None) -> Run:
 
     checkpoints = CheckpointManager(output_dir / "checkpoints", args.keep_last_k)
     metrics = MetricsLog(output_dir / "metrics.jsonl")
-    resume = resume_point(args, checkpoints)
+    resume = on_main(accelerator, lambda: resume_point(args, checkpoints, world))
     state = load_checkpoint(accelerator, resume, args, train_loader) if resume is not None else {}
     start_step = state.get("step", 0)
     if accelerator.is_main_process:
+        if resume is None and args.overwrite_output_dir:  # asked for: the earlier run's results go
+            atomic_io.remove(checkpoints.root)
+            atomic_io.remove(output_dir / "final")
         checkpoints.remove_partial()
         output_dir.mkdir(parents=True, exist_ok=True)
         metrics.truncate(start_step)  # a resumed run redoes the steps after its checkpoint
@@ -622,7 +722,7 @@ def start_up(argv=None) -> Run:
         hardware=dict(device=device_name, processes=world, distributed=str(accelerator.distributed_type)),
         flops_per_token=flops_token,
         peak_tflops=peak_tflops(device_name, compute_dtype) if device.type == "cuda" else None,
-        start_step=start_step, last_good=resume, elapsed_before=state.get("elapsed_seconds", 0.0),
+        start_step=start_step, last_good=resume, elapsed_before=state.get("elapsed_seconds", 0.0), lock=lock,
     )
 
 
@@ -725,13 +825,37 @@ def report(run: Run, records: list[dict], progress: tqdm):
             run.accelerator.log(values, step=record["step"])
 
 
+def resume_hint(run: Run) -> str:
+    """How to go on from the newest checkpoint: the advice every stopped run ends with."""
+    if run.last_good is None:
+        return "no checkpoint was saved yet: run the same command with --overwrite_output_dir to start again"
+    return (f"run the same command with --resume_from_checkpoint latest to continue from {run.last_good} "
+            f"(step {run.checkpoints.steps()[-1] if run.checkpoints.steps() else '?'})")
+
+
+def check_weights_finite(run: Run, step: int):
+    """Nothing is saved from weights holding NaN or inf (a loss can stay finite while they break)."""
+    bad = nonfinite_weights(run.model.named_parameters())  # this process's shard under FSDP
+    count = run.accelerator.reduce(torch.tensor(len(bad), device=run.accelerator.device), reduction="sum").item()
+    if count:
+        raise NonFiniteLossError(
+            f"the weights hold NaN or inf after step {step} ({bad[0] if bad else 'on another process'}); nothing was "
+            "saved from them. Lower learning_rate or raise warmup_steps, then " + resume_hint(run)
+        )
+
+
 def maybe_save(run: Run, step: int):
     """Checkpoint after `step` when one is due: accelerate's state plus trainer_state.json, written last."""
     args, accelerator = run.args, run.accelerator
     if not save_due(args, step):
         return
+    check_weights_finite(run, step)
     tmp = run.checkpoints.temp_path(step)
-    accelerator.save_state(str(tmp))
+    try:
+        accelerator.save_state(str(tmp))
+    except (OSError, RuntimeError) as err:  # torch.save reports a full disk as a RuntimeError ("unexpected pos ...")
+        raise RunError(f"could not write checkpoint {tmp} ({' '.join(str(err).split())[:200]}); is the disk full? "
+                       f"Free space, then {resume_hint(run)}") from None
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         state = dict(
@@ -749,10 +873,7 @@ def maybe_save(run: Run, step: int):
 
 
 def main(argv=None):
-    try:
-        train(argv)
-    except (ConfigError, NonFiniteLossError) as err:
-        sys.exit(f"gpt-train: error: {err}")
+    run_cli("gpt-train", train, argv)
 
 
 def train(argv=None):
@@ -763,22 +884,27 @@ def train(argv=None):
     since = (time.perf_counter(), run.start_step)  # throughput counts from the previous log line
     progress = tqdm(total=args.max_steps, initial=run.start_step, disable=not run.accelerator.is_main_process,
                     desc="train", dynamic_ncols=True)
-    for step in range(run.start_step, args.max_steps):
-        lr = get_lr(step, learning_rate=args.learning_rate, warmup_steps=args.warmup_steps,
-                    max_steps=args.max_steps, min_lr_ratio=args.min_lr_ratio)
-        loss, grad_norm = train_step(run, lr)
-        done = step + 1
-        pending.append((done, lr, loss, grad_norm))
-        progress.update(1)
-        if done % args.log_interval and not eval_due(args, done) and not save_due(args, done):
-            continue
-        records = collect_records(run, pending, *since)  # the one host sync per log line
-        pending = []
-        records[-1].update(maybe_eval(run, done))
-        report(run, records, progress)
-        maybe_save(run, done)
-        since = (time.perf_counter(), done)
-    progress.close()
+    step = run.start_step
+    try:
+        for step in range(run.start_step, args.max_steps):
+            lr = get_lr(step, learning_rate=args.learning_rate, warmup_steps=args.warmup_steps,
+                        max_steps=args.max_steps, min_lr_ratio=args.min_lr_ratio)
+            loss, grad_norm = train_step(run, lr)
+            done = step + 1
+            pending.append((done, lr, loss, grad_norm))
+            progress.update(1)
+            if done % args.log_interval and not eval_due(args, done) and not save_due(args, done):
+                continue
+            records = collect_records(run, pending, *since)  # the one host sync per log line
+            pending = []
+            records[-1].update(maybe_eval(run, done))
+            report(run, records, progress)
+            maybe_save(run, done)
+            since = (time.perf_counter(), done)
+    except KeyboardInterrupt:
+        raise RunError(f"interrupted (Ctrl-C) during step {step + 1} of {args.max_steps}; {resume_hint(run)}") from None
+    finally:
+        progress.close()
 
     final = export_final(run.accelerator, run.model, run.tokenizer, Path(args.output_dir))
     run.accelerator.print(f"done: {args.max_steps} steps; Hugging Face folder in {final}")

@@ -76,13 +76,13 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(trained):
 
 def test_fresh_start_refuses_a_folder_with_checkpoints(trained):
     result = run(trained, trained / "out")
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert "already holds checkpoints" in result.stderr and "--resume_from_checkpoint latest" in result.stderr
 
 
 def test_bad_settings_exit_with_a_clear_message(trained):
     result = run(trained, trained / "bad", "--total_batch_tokens", "1000")
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1] == (
         "gpt-train: error: total_batch_tokens=1000 is not a multiple of micro_batch_size * seq_len * world_size = "
         "4 * 64 * 1 = 256; change one of them (e.g. total_batch_tokens=1024)"

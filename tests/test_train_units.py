@@ -175,7 +175,8 @@ def test_tokenizes_unless_a_complete_manifest_is_there(tmp_path, monkeypatch, co
     import tokenize_fineweb
     from accelerate import Accelerator
 
-    (tmp_path / "manifest.json").write_text(json.dumps({"stream": {"complete": complete}}))
+    manifest = {"vocab_size": 8, "eot_id": 0, "tokenizer": {}, "shards": [], "stream": {"complete": complete}}
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
     calls = []
     monkeypatch.setattr(tokenize_fineweb, "main", calls.append)  # stands in for the tokenizer, a separate tool
     data_args = ta.DataArguments(data_dir=str(tmp_path), tokenize_dataset="some/dataset")
