@@ -60,6 +60,7 @@ def run_cli(prog: str, main, argv=None, expected: tuple = (), interrupted: str =
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv or os.environ.get(DEBUG_ENV, "") not in ("", "0")
     argv = [a for a in argv if a != "--debug"]
+    held = len(FolderLock.held)
     try:
         return main(argv)
     except KeyboardInterrupt as err:
@@ -74,6 +75,9 @@ def run_cli(prog: str, main, argv=None, expected: tuple = (), interrupted: str =
         if not _other_rank_failed(err):
             raise
         failure, code, text = err, 1, None  # a peer process failed: that one reports the cause
+    finally:
+        for lock in FolderLock.held[held:]:  # a lock lives as long as its command, also when run in-process
+            lock.release()
     if debug:
         traceback.print_exception(failure)
     if text is not None and _rank() == 0:
@@ -97,6 +101,7 @@ class FolderLock:
     """An exclusive flock on FOLDER/.lock holding the holder's pid; a second holder is refused with that pid."""
 
     NAME = ".lock"
+    held: list = []  # the locks this process holds, oldest first
 
     def __init__(self, folder, what: str):
         self.path = Path(folder) / self.NAME
@@ -120,12 +125,14 @@ class FolderLock:
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._fd = fd
+        self.held.append(self)
         return self
 
     def release(self):
         if self._fd is not None:
             os.close(self._fd)  # closing drops the flock
             self._fd = None
+            self.held.remove(self)
 
     def __enter__(self):
         return self.acquire()

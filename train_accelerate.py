@@ -517,7 +517,6 @@ class Run:
     last_good: Optional[Path]  # the newest checkpoint, named when the loss turns non-finite
     elapsed_before: float  # training seconds before the checkpoint this run resumed from
     clock_start: float = field(default_factory=time.perf_counter)
-    lock: Optional[FolderLock] = None  # held on output_dir by the main process until the run ends
 
 
 def make_accelerator(args: TrainArguments) -> tuple[Accelerator, str]:
@@ -613,11 +612,9 @@ def resume_point(args: TrainArguments, checkpoints: CheckpointManager, world_siz
     return resume
 
 
-def lock_output_dir(accelerator: Accelerator, output_dir: Path) -> Optional[FolderLock]:
-    """The main process locks output_dir for the whole run: a second run into it is refused with this pid."""
-    held = []
-    on_main(accelerator, lambda: held.append(FolderLock(output_dir, "output_dir").acquire()))
-    return held[0] if held else None
+def lock_output_dir(accelerator: Accelerator, output_dir: Path):
+    """The main process locks output_dir until the command ends: a second run into it is refused with this pid."""
+    on_main(accelerator, lambda: FolderLock(output_dir, "output_dir").acquire() and None)
 
 
 def load_checkpoint(accelerator: Accelerator, path: Path, args: TrainArguments, train_loader) -> dict:
@@ -659,7 +656,7 @@ def start_up(argv=None) -> Run:
     model_args, data_args, args = parse_args(argv)
     output_dir = Path(args.output_dir)
     accelerator, tracker = make_accelerator(args)
-    lock = lock_output_dir(accelerator, output_dir)
+    lock_output_dir(accelerator, output_dir)
     device, world = accelerator.device, accelerator.num_processes
     accum = gradient_accumulation_steps(args.total_batch_tokens, args.micro_batch_size, args.seq_len, world)
     torch.backends.cuda.matmul.allow_tf32 = True
@@ -722,7 +719,7 @@ def start_up(argv=None) -> Run:
         hardware=dict(device=device_name, processes=world, distributed=str(accelerator.distributed_type)),
         flops_per_token=flops_token,
         peak_tflops=peak_tflops(device_name, compute_dtype) if device.type == "cuda" else None,
-        start_step=start_step, last_good=resume, elapsed_before=state.get("elapsed_seconds", 0.0), lock=lock,
+        start_step=start_step, last_good=resume, elapsed_before=state.get("elapsed_seconds", 0.0),
     )
 
 

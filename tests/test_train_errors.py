@@ -1,0 +1,257 @@
+"""gpt-train on hostile input: one output_dir has one run, a finished run is never replaced unasked, a damaged or
+foreign checkpoint is never loaded (nor run), non-finite weights are never saved, and what the first evaluation
+needs is checked before the first step. Each failure is one line `gpt-train: error: ...`, non-zero, no traceback."""
+
+import hashlib
+import json
+import os
+import pickle
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+import tokenize_fineweb
+import train_accelerate
+
+REPO = Path(__file__).resolve().parents[1]
+WORDS = "the cat sat on a mat while rivers carry water from high mountains down to the open sea".split()
+RECIPE = """\
+model_preset: tiny
+micro_batch_size: 2
+seq_len: 32
+total_batch_tokens: 64
+max_steps: 4
+learning_rate: 1.0e-3
+warmup_steps: 1
+eval_interval: 0
+log_interval: 1
+save_interval: 2
+keep_last_k: 0
+sample_prompts: []
+mixed_precision: "no"
+tracker: none
+"""
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """Token shards of a 300-token BPE trained on the data itself (no download)."""
+    root = tmp_path_factory.mktemp("data")
+    with open(root / "docs.jsonl", "w") as f:
+        for i in range(300):
+            f.write(json.dumps({"text": " ".join(WORDS[(i + k) % len(WORDS)] for k in range(40))}) + "\n")
+    tokenize_fineweb.main(["--data-files", str(root / "docs.jsonl"), "--output", str(root / "shards"), "--train-tokenizer",
+                           "--vocab-size", "300", "--tokenizer-train-docs", "50", "--shard-size", "4000",
+                           "--val-tokens", "1000", "--workers", "1"])
+    (root / "recipe.yaml").write_text(RECIPE)
+    return root
+
+
+def argv(data, out, *extra):
+    return ["--config", str(data / "recipe.yaml"), "--data_dir", str(data / "shards"), "--output_dir", str(out), *extra]
+
+
+@pytest.fixture(scope="module")
+def trained(data, tmp_path_factory):
+    """A finished 4-step run: checkpoints at steps 2 and 4, final/, metrics.jsonl."""
+    out = tmp_path_factory.mktemp("trained") / "run"
+    train_accelerate.main(argv(data, out))
+    return out
+
+
+@pytest.fixture
+def run(trained, tmp_path):
+    shutil.copytree(trained, tmp_path / "run")
+    return tmp_path / "run"
+
+
+def digest(folder) -> dict:
+    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(Path(folder).rglob("*")) if p.is_file() and p.name != ".lock"}
+
+
+def refused(capsys, args, code=2) -> str:
+    """The last stderr line of a refused gpt-train (no traceback)."""
+    with pytest.raises(SystemExit) as info:
+        train_accelerate.main(args)
+    err = capsys.readouterr().err
+    assert info.value.code == code, err
+    assert "Traceback" not in err
+    line = err.strip().splitlines()[-1]
+    assert line.startswith("gpt-train: error: "), err
+    return line
+
+
+def steps_logged(out) -> list[int]:
+    return [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("setting, value", [("learning_rate", "inf"), ("learning_rate", "nan"), ("grad_clip", "inf"),
+                                            ("adam_epsilon", "nan")])
+def test_non_finite_settings_are_refused(data, tmp_path, capsys, setting, value):
+    line = refused(capsys, argv(data, tmp_path / "out", f"--{setting}", value))
+    assert line == f"gpt-train: error: {setting}={float(value)} must be a finite number"
+    assert not (tmp_path / "out").exists()
+
+
+HOLD_LOCK = """
+import sys, time
+from cli_guard import FolderLock
+FolderLock(sys.argv[1], "output_dir").acquire()
+print("locked", flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_second_run_into_a_locked_output_dir_is_refused_with_the_holders_pid(run, data, capsys):
+    before = digest(run)
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(run)], cwd=REPO, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        line = refused(capsys, argv(data, run, "--resume_from_checkpoint", "latest", "--max_steps", "6"))
+        assert line == (f"gpt-train: error: {run} is in use by another run (pid {holder.pid}); wait for it to end or "
+                        "choose another output_dir")
+        assert digest(run) == before
+    finally:
+        holder.kill()  # SIGKILL: the kernel drops the lock with its holder
+        holder.wait()
+    train_accelerate.main(argv(data, run, "--resume_from_checkpoint", "latest", "--max_steps", "6"))
+    assert steps_logged(run) == [1, 2, 3, 4, 5, 6]
+
+
+def test_a_finished_run_without_checkpoints_is_not_replaced_unasked(run, data, capsys):
+    shutil.rmtree(run / "checkpoints")
+    before = digest(run)
+    for extra in ([], ["--resume_from_checkpoint", "latest"]):
+        line = refused(capsys, argv(data, run, *extra))
+        assert line == (f"gpt-train: error: {run} holds an earlier run (final, metrics.jsonl) and no checkpoint to "
+                        "resume from; pass --overwrite_output_dir to replace it, or choose another output_dir")
+        assert digest(run) == before
+    train_accelerate.main(argv(data, run, "--overwrite_output_dir", "--max_steps", "2"))
+    assert steps_logged(run) == [1, 2]
+
+
+def test_a_damaged_rng_state_falls_back_to_the_previous_checkpoint(run, data, capsys):
+    step4 = run / "checkpoints" / "step_0000004"
+    rng = step4 / "random_states_0.pkl"
+    rng.write_bytes(rng.read_bytes()[:100])  # accelerate's load_state would swallow this and change dropout
+    line = refused(capsys, argv(data, run, "--resume_from_checkpoint", str(step4), "--max_steps", "6"), code=1)
+    assert line.startswith(f"gpt-train: error: checkpoint {step4} is damaged (")
+    assert line.endswith("resume from an earlier one")
+    train_accelerate.main(argv(data, run, "--resume_from_checkpoint", "latest", "--max_steps", "6"))
+    err = capsys.readouterr().err
+    assert f"gpt-train: warning: checkpoint {step4} is damaged (" in err and "falling back to the previous one" in err
+    assert steps_logged(run) == [1, 2, 3, 4, 5, 6]  # steps 3 and 4 were redone from step 2
+
+
+class RunsCode:
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return os.mkdir, (self.marker,)
+
+
+def test_a_crafted_pickle_in_a_checkpoint_is_refused_and_never_run(run, data, tmp_path, capsys):
+    step4 = run / "checkpoints" / "step_0000004"
+    marker = tmp_path / "code-ran"
+    (step4 / "pytorch_model_fsdp_0").mkdir()
+    (step4 / "pytorch_model_fsdp_0" / ".metadata").write_bytes(pickle.dumps(RunsCode(marker)))
+    line = refused(capsys, argv(data, run, "--resume_from_checkpoint", str(step4), "--max_steps", "6"), code=1)
+    assert f"refused {step4 / 'pytorch_model_fsdp_0' / '.metadata'}: it references posix.mkdir" in line
+    assert not marker.exists()
+
+
+def test_what_the_first_evaluation_needs_is_checked_before_the_first_step(data, tmp_path, capsys):
+    out = tmp_path / "out"
+    line = refused(capsys, argv(data, out, "--eval_interval", "2", "--val_batches", "1000"))
+    assert line == ("gpt-train: error: val_batches=1000 but the val split holds 15 batches of micro_batch_size x "
+                    "seq_len = 2 x 32; use val_batches <= 15 (or 0 for no validation loss)")
+    line = refused(capsys, argv(data, out, "--eval_interval", "2", "--val_batches", "2", "--hellaswag",
+                                "--hellaswag_data_dir", str(tmp_path)))
+    assert line.startswith(f"gpt-train: error: hellaswag: expected {tmp_path / 'hellaswag' / 'hellaswag_val.jsonl'}")
+    assert sorted(p.name for p in out.iterdir()) == [".lock"]  # no step ran, no metrics, no checkpoint
+
+
+def test_a_damaged_manifest_is_one_line(data, tmp_path, capsys):
+    shards = tmp_path / "shards"
+    shutil.copytree(data / "shards", shards)
+    (shards / "manifest.json").write_text("{}")
+    line = refused(capsys, argv(data, tmp_path / "out", "--data_dir", str(shards)))
+    assert line == (f"gpt-train: error: {shards / 'manifest.json'} is not a gpt-tokenize manifest (missing or malformed: "
+                    "vocab_size, eot_id, tokenizer, shards): tokenize again into an empty folder")
+
+
+def test_a_full_disk_during_a_checkpoint_says_how_to_resume(data, tmp_path, capsys, monkeypatch):
+    from accelerate import Accelerator
+
+    out = tmp_path / "out"
+    save_state = Accelerator.save_state
+
+    def fail_at_step_4(self, output_dir=None, **kwargs):
+        if output_dir.endswith("step_0000004"):
+            raise RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 6784 vs 6676")
+        return save_state(self, output_dir, **kwargs)
+
+    monkeypatch.setattr(Accelerator, "save_state", fail_at_step_4)
+    line = refused(capsys, argv(data, out), code=1)
+    step2 = out / "checkpoints" / "step_0000002"
+    assert line == (f"gpt-train: error: could not write checkpoint {out / 'checkpoints' / '.tmp-step_0000004'} "
+                    "([enforce fail at inline_container.cc:664] . unexpected pos 6784 vs 6676); is the disk full? "
+                    f"Free space, then run the same command with --resume_from_checkpoint latest to continue from "
+                    f"{step2} (step 2)")
+    assert not (out / "final").exists()
+    monkeypatch.undo()
+    train_accelerate.main(argv(data, out, "--resume_from_checkpoint", "latest"))
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_0000002", "step_0000004"]
+
+
+def test_weights_that_turn_non_finite_are_never_saved(tmp_path):
+    from accelerate import Accelerator
+
+    model = torch.nn.Linear(4, 4)
+    with torch.no_grad():
+        model.weight[1, 2] = float("inf")
+    checkpoints = train_accelerate.CheckpointManager(tmp_path / "checkpoints")
+    run = SimpleNamespace(model=model, accelerator=Accelerator(cpu=True), checkpoints=checkpoints, last_good=None)
+    with pytest.raises(train_accelerate.NonFiniteLossError, match=r"the weights hold NaN or inf after step 7 \(weight\); "
+                       "nothing was saved from them.*no checkpoint was saved yet"):
+        train_accelerate.maybe_save(SimpleNamespace(**vars(run), args=SimpleNamespace(save_interval=7, max_steps=9)), 7)
+    assert not checkpoints.root.exists()
+
+
+def test_debug_shows_the_traceback(data, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        train_accelerate.main(argv(data, tmp_path / "out", "--learning_rate", "inf", "--debug"))
+    err = capsys.readouterr().err
+    assert "Traceback (most recent call last)" in err and err.strip().splitlines()[-1].startswith("gpt-train: error: ")
+
+
+@pytest.mark.slow
+def test_ctrl_c_names_the_step_and_the_checkpoint_and_the_same_command_resumes(data, tmp_path):
+    out = tmp_path / "out"
+    command = [sys.executable, str(REPO / "train_accelerate.py"), *argv(data, out, "--max_steps", "100000",
+                                                                        "--resume_from_checkpoint", "latest")]
+    proc = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not (out / "checkpoints" / "step_0000004").is_dir():
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1, err
+    assert "Traceback" not in err
+    line = err.strip().splitlines()[-1]
+    latest = train_accelerate.CheckpointManager(out / "checkpoints").latest()
+    assert line.startswith("gpt-train: error: interrupted (Ctrl-C) during step ")
+    assert line.endswith(f"of 100000; run the same command with --resume_from_checkpoint latest to continue from {latest} "
+                         f"(step {int(latest.name[5:])})")
+    result = subprocess.run([*command[:-4], "--max_steps", str(int(latest.name[5:]) + 2), "--resume_from_checkpoint",
+                             "latest"], cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
