@@ -2,7 +2,8 @@
 
 - `run_cli`: the one error path. An expected failure ends in one line `gpt-X: error: ...` on stderr and a
   non-zero exit (2: bad input, 1: a run that could not finish, 130: Ctrl-C); the traceback is shown only
-  with `--debug` or GPT_DEBUG=1. Under `accelerate launch` only the process of rank 0 prints it.
+  with `--debug` or GPT_DEBUG=1. Under `accelerate launch` only the process of rank 0 prints it, and the
+  processes whose collectives broke because another one failed print nothing more.
 - `FolderLock`: an flock on `FOLDER/.lock`, so that two runs never write one output folder; the kernel
   drops it when its holder dies, so a killed run leaves no stale lock.
 - `check_pickles`: the one weights-only path for the pickled metadata of torch.distributed.checkpoint
@@ -51,11 +52,12 @@ def _message(err: BaseException) -> str:
     return " ".join(text.split()) or type(err).__name__
 
 
-def run_cli(prog: str, main, argv=None, expected: tuple = (), interrupted: str = "interrupted (Ctrl-C)"):
+def run_cli(prog: str, main, argv=None, interrupted: str = "interrupted (Ctrl-C)"):
     """Call main(argv) and turn expected failures into one line and an exit code.
 
-    expected: further exception types (besides UserError, RunError, ValueError, OSError) that mean bad input or
-    an unusable file for this tool. Anything else is a bug and keeps its traceback. interrupted: the line for Ctrl-C.
+    Expected: UserError and ValueError (exit 2), FileNotFoundError (2), RunError and other OSErrors such as a full
+    disk (1), Ctrl-C (130, the line `interrupted`), a collective broken by another process's failure (1). Anything
+    else is a bug and keeps its traceback.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv or os.environ.get(DEBUG_ENV, "") not in ("", "0")
@@ -69,12 +71,13 @@ def run_cli(prog: str, main, argv=None, expected: tuple = (), interrupted: str =
         failure, code, text = err, 1, _message(err)
     except OSError as err:
         failure, code, text = err, (2 if isinstance(err, FileNotFoundError) else 1), _message(err)
-    except (UserError, ValueError, *expected) as err:
+    except (UserError, ValueError) as err:
         failure, code, text = err, 2, _message(err)
     except Exception as err:
-        if not _other_rank_failed(err):
+        if not _peer_failed(err):
             raise
-        failure, code, text = err, 1, None  # a peer process failed: that one reports the cause
+        # another process of the run failed and broke the collective: report that once, from rank 0
+        failure, code, text = err, 1, f"another process of this run stopped first; {DEBUG_ENV}=1 shows every traceback"
     finally:
         for lock in FolderLock.held[held:]:  # a lock lives as long as its command, also when run in-process
             lock.release()
@@ -85,9 +88,9 @@ def run_cli(prog: str, main, argv=None, expected: tuple = (), interrupted: str =
     sys.exit(code)
 
 
-def _other_rank_failed(err: BaseException) -> bool:
-    """A collective that broke because a peer process died (gloo/NCCL), seen by a process other than rank 0."""
-    if _rank() == 0:
+def _peer_failed(err: BaseException) -> bool:
+    """A collective (gloo/NCCL) that broke because a peer process of a multi-process run died."""
+    if int(os.environ.get("WORLD_SIZE", "1")) < 2:
         return False
     import torch.distributed
 

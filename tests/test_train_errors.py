@@ -255,3 +255,19 @@ def test_ctrl_c_names_the_step_and_the_checkpoint_and_the_same_command_resumes(d
     result = subprocess.run([*command[:-4], "--max_steps", str(int(latest.name[5:]) + 2), "--resume_from_checkpoint",
                              "latest"], cwd=REPO, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+@pytest.mark.slow
+def test_under_accelerate_launch_the_error_is_reported_once(data, tmp_path):
+    """Two processes (DDP over gloo) fail on the same setting: one line from rank 0, no traceback of ours from either.
+    (The launcher's own ChildFailedError summary follows it; that is torch's, not the trainer's.)"""
+    command = ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+               "--mixed_precision", "no", "--dynamo_backend", "no", str(REPO / "train_accelerate.py"),
+               *argv(data, tmp_path / "out", "--total_batch_tokens", "128", "--eval_interval", "2", "--val_batches", "1000")]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True,
+                            env={**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"})
+    assert result.returncode != 0
+    errors = [line for line in result.stderr.splitlines() if line.startswith("gpt-train: error:")]
+    assert errors == ["gpt-train: error: val_batches=1000 but the val split holds 15 batches of micro_batch_size x "
+                      "seq_len = 2 x 32; use val_batches <= 15 (or 0 for no validation loss)"]
+    assert 'train_accelerate.py", line' not in result.stderr
