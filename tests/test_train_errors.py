@@ -90,7 +90,8 @@ def refused(capsys, args, code=2) -> str:
 
 
 def steps_logged(out) -> list[int]:
-    return [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return [row["step"] for row in rows if "loss" in row]
 
 
 @pytest.mark.parametrize("setting, value", [("learning_rate", "inf"), ("learning_rate", "nan"), ("grad_clip", "inf"),
@@ -115,14 +116,16 @@ def test_a_second_run_into_a_locked_output_dir_is_refused_with_the_holders_pid(r
     holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(run)], cwd=REPO, stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "locked"
-        line = refused(capsys, argv(data, run, "--resume_from_checkpoint", "latest", "--max_steps", "6"))
+        line = refused(capsys, argv(data, run, "--resume_from_checkpoint", "latest", "--max_steps", "6",
+                                        "--allow_config_change"))
         assert line == (f"gpt-train: error: {run} is in use by another run (pid {holder.pid}); wait for it to end or "
                         "choose another output_dir")
         assert digest(run) == before
     finally:
         holder.kill()  # SIGKILL: the kernel drops the lock with its holder
         holder.wait()
-    train_accelerate.main(argv(data, run, "--resume_from_checkpoint", "latest", "--max_steps", "6"))
+    train_accelerate.main(argv(data, run, "--resume_from_checkpoint", "latest", "--max_steps", "6",
+                                        "--allow_config_change"))
     assert steps_logged(run) == [1, 2, 3, 4, 5, 6]
 
 
@@ -142,13 +145,31 @@ def test_a_damaged_rng_state_falls_back_to_the_previous_checkpoint(run, data, ca
     step4 = run / "checkpoints" / "step_0000004"
     rng = step4 / "random_states_0.pkl"
     rng.write_bytes(rng.read_bytes()[:100])  # accelerate's load_state would swallow this and change dropout
-    line = refused(capsys, argv(data, run, "--resume_from_checkpoint", str(step4), "--max_steps", "6"), code=1)
+    line = refused(capsys, argv(data, run, "--resume_from_checkpoint", str(step4)), code=1)
     assert line.startswith(f"gpt-train: error: checkpoint {step4} is damaged (")
     assert line.endswith("resume from an earlier one")
-    train_accelerate.main(argv(data, run, "--resume_from_checkpoint", "latest", "--max_steps", "6"))
+    train_accelerate.main(argv(data, run, "--resume_from_checkpoint", "latest", "--max_steps", "6",
+                                        "--allow_config_change"))
     err = capsys.readouterr().err
     assert f"gpt-train: warning: checkpoint {step4} is damaged (" in err and "falling back to the previous one" in err
     assert steps_logged(run) == [1, 2, 3, 4, 5, 6]  # steps 3 and 4 were redone from step 2
+
+
+def test_resume_refuses_another_data_set_and_max_steps_below_the_checkpoint(run, data, tmp_path, capsys):
+    """The checks themselves are issue 12's (config_changes, check_resume); these are the cases issue 11 found."""
+    before = digest(run)
+    step4 = run / "checkpoints" / "step_0000004"
+    line = refused(capsys, argv(data, run, "--resume_from_checkpoint", "latest", "--max_steps", "3"))
+    assert line == (f"gpt-train: error: max_steps=3 is below step 4 of the checkpoint {step4}: nothing to train; "
+                    "pass max_steps >= 4")
+    other = tmp_path / "other"
+    tokenize_fineweb.main(["--data-files", str(data / "docs.jsonl"), "--output", str(other), "--train-tokenizer",
+                           "--vocab-size", "300", "--tokenizer-train-docs", "50", "--shard-size", "3000",
+                           "--val-tokens", "1000", "--workers", "1"])
+    line = refused(capsys, argv(data, run, "--resume_from_checkpoint", "latest", "--data_dir", str(other)))
+    assert line.startswith(f"gpt-train: error: resuming {step4} would silently change data set: checkpoint ")
+    assert str(other) in line and "--allow_config_change" in line
+    assert digest(run) == before
 
 
 class RunsCode:
@@ -164,7 +185,7 @@ def test_a_crafted_pickle_in_a_checkpoint_is_refused_and_never_run(run, data, tm
     marker = tmp_path / "code-ran"
     (step4 / "pytorch_model_fsdp_0").mkdir()
     (step4 / "pytorch_model_fsdp_0" / ".metadata").write_bytes(pickle.dumps(RunsCode(marker)))
-    line = refused(capsys, argv(data, run, "--resume_from_checkpoint", str(step4), "--max_steps", "6"), code=1)
+    line = refused(capsys, argv(data, run, "--resume_from_checkpoint", str(step4)), code=1)
     assert f"refused {step4 / 'pytorch_model_fsdp_0' / '.metadata'}: it references posix.mkdir" in line
     assert not marker.exists()
 
@@ -253,7 +274,7 @@ def test_ctrl_c_names_the_step_and_the_checkpoint_and_the_same_command_resumes(d
     assert line.endswith(f"of 100000; run the same command with --resume_from_checkpoint latest to continue from {latest} "
                          f"(step {int(latest.name[5:])})")
     result = subprocess.run([*command[:-4], "--max_steps", str(int(latest.name[5:]) + 2), "--resume_from_checkpoint",
-                             "latest"], cwd=REPO, capture_output=True, text=True)
+                             "latest", "--allow_config_change"], cwd=REPO, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
 
 
