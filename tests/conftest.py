@@ -19,3 +19,33 @@ def model_dir(tmp_path_factory):
     GPTForCausalLM(GPTConfig.from_preset("tiny")).save_pretrained(folder)
     gpt2_tokenizer(SHARED / "gpt2-tokenizer").save_pretrained(folder)
     return folder
+
+
+@pytest.fixture
+def refused(capsys):
+    """Call a command's main(argv), which must fail with exit `code`, no traceback and a last stderr line
+    `gpt-X: error: ...`; return that line."""
+
+    def call(main, argv, code=2) -> str:
+        with pytest.raises(SystemExit) as info:
+            main(argv)
+        err = capsys.readouterr().err
+        assert info.value.code == code, err
+        assert "Traceback" not in err
+        line = err.strip().splitlines()[-1]
+        assert line.startswith("gpt-") and ": error: " in line, err
+        return line
+
+    return call
+
+
+@pytest.fixture
+def tree_digest():
+    """{relative path: sha256} of every file under a folder (lock files aside): what must survive a refusal."""
+    import hashlib
+
+    def digest(folder) -> dict:
+        return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+                for p in sorted(Path(folder).rglob("*")) if p.is_file() and p.name != ".lock"}
+
+    return digest

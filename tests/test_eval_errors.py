@@ -17,15 +17,6 @@ ITEM = {"ind": 0, "activity_label": "Cooking", "ctx_a": "A man cuts an onion.", 
         "split": "val", "label": 1, "endings": ["sings.", "puts it in a pan.", "flies away.", "reads a book."]}
 
 
-def refused(capsys, argv, code=2) -> str:
-    with pytest.raises(SystemExit) as info:
-        main(argv)
-    assert info.value.code == code
-    err = capsys.readouterr().err
-    assert "Traceback" not in err
-    line = err.strip().splitlines()[-1]
-    assert line.startswith("gpt-eval: error: "), err
-    return line
 
 
 def hellaswag_dir(root: Path, lines: list[str]) -> Path:
@@ -34,27 +25,27 @@ def hellaswag_dir(root: Path, lines: list[str]) -> Path:
     return root
 
 
-def test_model_folder_without_weights_names_the_missing_file(model_dir, tmp_path, capsys):
+def test_model_folder_without_weights_names_the_missing_file(model_dir, tmp_path, refused):
     shutil.copytree(model_dir, tmp_path / "m", ignore=shutil.ignore_patterns("*.safetensors"))
-    line = refused(capsys, ["--model", str(tmp_path / "m"), "--data-dir", str(DATA), "--limit", "1"])
+    line = refused(main, ["--model", str(tmp_path / "m"), "--data-dir", str(DATA), "--limit", "1"])
     assert line.startswith(f"gpt-eval: error: --model {tmp_path / 'm'}: none of model.safetensors, "
                            "model.safetensors.index.json, pytorch_model.bin, pytorch_model.bin.index.json in it")
     assert "copy model.safetensors into it" in line
 
 
-def test_model_folder_without_tokenizer_says_to_pass_one(model_dir, tmp_path, capsys):
+def test_model_folder_without_tokenizer_says_to_pass_one(model_dir, tmp_path, refused):
     shutil.copytree(model_dir, tmp_path / "m", ignore=shutil.ignore_patterns("tokenizer*", "vocab.json", "merges.txt"))
-    line = refused(capsys, ["--model", str(tmp_path / "m"), "--data-dir", str(DATA), "--limit", "1"])
+    line = refused(main, ["--model", str(tmp_path / "m"), "--data-dir", str(DATA), "--limit", "1"])
     assert "it has no tokenizer: pass --tokenizer with the one the model was trained with" in line
-    line = refused(capsys, ["--model", str(tmp_path / "m"), "--tokenizer", str(tmp_path / "nope"), "--limit", "1"])
+    line = refused(main, ["--model", str(tmp_path / "m"), "--tokenizer", str(tmp_path / "nope"), "--limit", "1"])
     assert line == f"gpt-eval: error: --tokenizer {tmp_path / 'nope'}: no such folder"
 
 
-def test_missing_model_folder_and_unknown_task(model_dir, tmp_path, capsys):
-    assert refused(capsys, ["--model", str(tmp_path / "nowhere")]) == f"gpt-eval: error: --model {tmp_path / 'nowhere'}: no such folder"
-    line = refused(capsys, ["--model", str(model_dir), "--tasks", "hellaswag,mmlu", "--data-dir", str(DATA)])
+def test_missing_model_folder_and_unknown_task(model_dir, tmp_path, refused):
+    assert refused(main, ["--model", str(tmp_path / "nowhere")]) == f"gpt-eval: error: --model {tmp_path / 'nowhere'}: no such folder"
+    line = refused(main, ["--model", str(model_dir), "--tasks", "hellaswag,mmlu", "--data-dir", str(DATA)])
     assert line.startswith("gpt-eval: error: unknown task 'mmlu'; known: hellaswag")
-    line = refused(capsys, ["--model", str(model_dir), "--tasks", "piqa", "--data-dir", str(tmp_path)])
+    line = refused(main, ["--model", str(model_dir), "--tasks", "piqa", "--data-dir", str(tmp_path)])
     assert line.startswith(f"gpt-eval: error: piqa: expected {tmp_path / 'evals' / 'piqa.jsonl'}")
 
 
@@ -66,9 +57,9 @@ def test_missing_model_folder_and_unknown_task(model_dir, tmp_path, capsys):
     ({**ITEM, "endings": "one string"}, "endings must be a list of at least two strings"),
     (None, "line 2 is not valid JSON (Expecting property name enclosed in double quotes)"),
 ])
-def test_bad_benchmark_lines_are_refused_with_file_and_line(model_dir, tmp_path, capsys, bad, message):
+def test_bad_benchmark_lines_are_refused_with_file_and_line(model_dir, tmp_path, bad, message, refused):
     data = hellaswag_dir(tmp_path, [json.dumps(ITEM), "{broken" if bad is None else json.dumps(bad)])
-    line = refused(capsys, ["--model", str(model_dir), "--data-dir", str(data)])
+    line = refused(main, ["--model", str(model_dir), "--data-dir", str(data)])
     assert line.startswith(f"gpt-eval: error: {data / 'hellaswag' / 'hellaswag_val.jsonl'} line 2")
     assert message in line
 
@@ -84,26 +75,26 @@ def write_val_shards(folder: Path, tokenizer_hash: str) -> Path:
     return folder
 
 
-def test_val_shards_of_another_tokenizer_are_refused(model_dir, tmp_path, capsys):
+def test_val_shards_of_another_tokenizer_are_refused(model_dir, tmp_path, refused):
     shards = write_val_shards(tmp_path, "f" * 64)
     out = tmp_path / "val.json"
-    line = refused(capsys, ["--model", str(model_dir), "--tasks", "", "--val-data-dir", str(shards), "--seq-len", "32",
+    line = refused(main, ["--model", str(model_dir), "--tasks", "", "--val-data-dir", str(shards), "--seq-len", "32",
                             "--output", str(out)])
     assert line.startswith(f"gpt-eval: error: {shards / 'manifest.json'} was written with tokenizer_hash='fff")
     assert line.endswith("tokenize the data with the model's tokenizer")
     assert not out.exists()
 
 
-def test_impossible_val_batches_and_unwritable_output(model_dir, tmp_path, capsys):
+def test_impossible_val_batches_and_unwritable_output(model_dir, tmp_path, refused):
     import token_shards
     from transformers import AutoTokenizer
 
     shards = write_val_shards(tmp_path, token_shards.tokenizer_hash(AutoTokenizer.from_pretrained(model_dir)))
     base = ["--model", str(model_dir), "--tasks", "", "--val-data-dir", str(shards), "--seq-len", "32", "--batch-size", "2"]
-    line = refused(capsys, [*base, "--val-batches", "1000"])
+    line = refused(main, [*base, "--val-batches", "1000"])
     assert line == "gpt-eval: error: num_batches=1000; the split holds 1..46 batches of 2x32"
     (tmp_path / "file").write_text("a file, not a folder")
-    line = refused(capsys, [*base, "--val-batches", "1", "--output", str(tmp_path / "file" / "r.json")], code=1)
+    line = refused(main, [*base, "--val-batches", "1", "--output", str(tmp_path / "file" / "r.json")], code=1)
     assert line == f"gpt-eval: error: File exists: {tmp_path / 'file'}"
 
 

@@ -1,7 +1,6 @@
 """gpt-push on hostile input: nothing from a file runs, nothing of the user's is deleted or uploaded unasked,
 and every refusal is one line `gpt-push: error: ...` with a non-zero exit and no traceback."""
 
-import hashlib
 import json
 import os
 import pickle
@@ -58,21 +57,8 @@ def run(template, tmp_path):
     return tmp_path / "run"
 
 
-def digest(folder) -> dict:
-    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def refused(capsys, argv, code=2) -> str:
-    """The one stderr line of a refused gpt-push."""
-    with pytest.raises(SystemExit) as exit_info:
-        push_to_hub.main(argv)
-    assert exit_info.value.code == code
-    err = capsys.readouterr().err
-    assert "Traceback" not in err
-    line = err.strip().splitlines()[-1]
-    assert line.startswith("gpt-push: error: "), err
-    return line
 
 
 def push(checkpoint, *extra):
@@ -89,41 +75,41 @@ class RunsCode:
         return os.mkdir, (self.marker,)
 
 
-def test_crafted_fsdp_metadata_is_refused_and_never_run(run, tmp_path, capsys):
+def test_crafted_fsdp_metadata_is_refused_and_never_run(run, tmp_path, refused):
     step = run / "checkpoints" / "step_0000004"
     (step / "model.safetensors").unlink()
     (step / "pytorch_model_fsdp_0").mkdir()
     marker = tmp_path / "code-ran"
     (step / "pytorch_model_fsdp_0" / ".metadata").write_bytes(pickle.dumps(RunsCode(marker)))
-    line = refused(capsys, push(step))
+    line = refused(push_to_hub.main, push(step))
     assert f"refused {step / 'pytorch_model_fsdp_0' / '.metadata'}" in line and "posix.mkdir" in line
     assert not marker.exists()
 
 
-def test_overwrite_never_deletes_the_run_that_holds_the_input(run, capsys):
-    before = digest(run)
-    line = refused(capsys, push(run / "checkpoints" / "step_0000004", "--output-dir", str(run), "--overwrite"))
+def test_overwrite_never_deletes_the_run_that_holds_the_input(run, refused, tree_digest):
+    before = tree_digest(run)
+    line = refused(push_to_hub.main, push(run / "checkpoints" / "step_0000004", "--output-dir", str(run), "--overwrite"))
     assert line == (f"gpt-push: error: --output-dir '{run}' holds the checkpoint being published; --overwrite would "
                     "delete it: choose another --output-dir")
-    assert digest(run) == before
-    refused(capsys, push(run / "final", "--output-dir", str(run / "final"), "--overwrite"))
-    assert digest(run) == before
+    assert tree_digest(run) == before
+    refused(push_to_hub.main, push(run / "final", "--output-dir", str(run / "final"), "--overwrite"))
+    assert tree_digest(run) == before
 
 
-def test_overwrite_never_deletes_another_run_or_token_shards(run, template, tmp_path, capsys):
+def test_overwrite_never_deletes_another_run_or_token_shards(run, template, tmp_path, refused, tree_digest):
     other = tmp_path / "other-run"
     shutil.copytree(template, other)
     shards = tmp_path / "shards"
     shards.mkdir()
     (shards / "manifest.json").write_text("{}")
     for folder, holds in ((other, "metrics.jsonl, checkpoints, final"), (shards, "manifest.json")):
-        before = digest(folder)
-        line = refused(capsys, push(run / "final", "--output-dir", str(folder), "--overwrite"))
+        before = tree_digest(folder)
+        line = refused(push_to_hub.main, push(run / "final", "--output-dir", str(folder), "--overwrite"))
         assert f"is not an earlier gpt-push export (it holds {holds})" in line
-        assert digest(folder) == before
+        assert tree_digest(folder) == before
 
 
-def test_overwrite_replaces_an_earlier_export(run, tmp_path, capsys):
+def test_overwrite_replaces_an_earlier_export(run, tmp_path):
     out = tmp_path / "hub"
     push_to_hub.main(push(run / "final", "--output-dir", str(out)))
     (out / "stale.txt").write_text("from before")
@@ -131,7 +117,7 @@ def test_overwrite_replaces_an_earlier_export(run, tmp_path, capsys):
     assert not (out / "stale.txt").exists() and (out / "model.safetensors").is_file()
 
 
-def test_symlinks_in_the_run_folder_are_not_followed_into_the_upload(run, tmp_path, capsys):
+def test_symlinks_in_the_run_folder_are_not_followed_into_the_upload(run, tmp_path):
     secret = tmp_path / "secret"
     secret.mkdir()
     (secret / "id_rsa.png").write_bytes(b"PRIVATE KEY")
@@ -146,14 +132,14 @@ def test_symlinks_in_the_run_folder_are_not_followed_into_the_upload(run, tmp_pa
     assert "0.99" not in (out / "README.md").read_text()
 
 
-def test_non_finite_weights_are_not_exported(run, tmp_path, capsys):
+def test_non_finite_weights_are_not_exported(run, tmp_path, refused):
     from safetensors.torch import load_file, save_file
 
     weights = load_file(run / "final" / "model.safetensors")
     name = sorted(weights)[0]
     weights[name].view(-1)[0] = float("nan")
     save_file(weights, run / "final" / "model.safetensors", metadata={"format": "pt"})
-    line = refused(capsys, push(run / "final", "--output-dir", str(tmp_path / "hub")))
+    line = refused(push_to_hub.main, push(run / "final", "--output-dir", str(tmp_path / "hub")))
     assert "refusing to export: 1 weight tensor(s) hold NaN or inf (e.g. " in line
     assert not (tmp_path / "hub").exists()
 
@@ -165,7 +151,7 @@ def test_non_finite_weights_are_not_exported(run, tmp_path, capsys):
     ("missing_folder", "is not a folder"),
     ("no_tokenizer", "no tokenizer found for"),
 ])
-def test_damaged_input_is_one_line(run, capsys, damage, message):
+def test_damaged_input_is_one_line(run, damage, message, refused):
     step = run / "checkpoints" / "step_0000004"
     if damage == "truncated_weights":
         data = (step / "model.safetensors").read_bytes()
@@ -180,7 +166,7 @@ def test_damaged_input_is_one_line(run, capsys, damage, message):
     else:
         for name in ("tokenizer.json", "tokenizer_config.json"):
             (run / "final" / name).unlink()
-    line = refused(capsys, push(step))
+    line = refused(push_to_hub.main, push(step))
     assert message in line
 
 

@@ -1,7 +1,6 @@
 """gpt-tokenize on hostile input: one output folder has one writer, a damaged output is never reported complete,
 and every bad file or value ends in one line `gpt-tokenize: error: ...` (exit 2) that names it, without a traceback."""
 
-import hashlib
 import json
 import os
 import signal
@@ -28,20 +27,8 @@ def write_docs(path: Path, n: int, words: int = 40) -> Path:
     return path
 
 
-def digest(folder) -> dict:
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(Path(folder).rglob("*")) if p.is_file()}
 
 
-def refused(capsys, argv) -> str:
-    """The one stderr line of a refused gpt-tokenize (exit 2, no traceback)."""
-    with pytest.raises(SystemExit) as info:
-        tokenize_fineweb.main(argv)
-    assert info.value.code == 2
-    err = capsys.readouterr().err
-    assert "Traceback" not in err
-    line = err.strip().splitlines()[-1]
-    assert line.startswith("gpt-tokenize: error: "), err
-    return line
 
 
 @pytest.fixture
@@ -62,16 +49,16 @@ time.sleep(60)
 """
 
 
-def test_a_second_run_into_a_locked_folder_is_refused_with_the_holders_pid(done, capsys):
+def test_a_second_run_into_a_locked_folder_is_refused_with_the_holders_pid(done, capsys, refused, tree_digest):
     out, argv = done
-    before = digest(out)
+    before = tree_digest(out)
     holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(out)], cwd=REPO, stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "locked"
-        line = refused(capsys, argv[:-len(SMALL)] + ["--shard-size", "300", "--overwrite", *SMALL])
+        line = refused(tokenize_fineweb.main, argv[:-len(SMALL)] + ["--shard-size", "300", "--overwrite", *SMALL])
         assert line == (f"gpt-tokenize: error: {out} is in use by another run (pid {holder.pid}); wait for it to end "
                         "or choose another --output")
-        assert digest(out) == {**before, ".lock": digest(out)[".lock"]}
+        assert tree_digest(out) == before
     finally:
         holder.kill()  # SIGKILL: the kernel drops the flock, no stale lock is left
         holder.wait()
@@ -80,7 +67,7 @@ def test_a_second_run_into_a_locked_folder_is_refused_with_the_holders_pid(done,
 
 
 @pytest.mark.parametrize("damage", ["truncated", "missing", "longer"])
-def test_a_damaged_shard_is_never_reported_complete(done, capsys, damage):
+def test_a_damaged_shard_is_never_reported_complete(done, damage, refused):
     out, argv = done
     shard = out / token_shards.read_manifest(out)["shards"][1]["file"]
     data = shard.read_bytes()
@@ -92,7 +79,7 @@ def test_a_damaged_shard_is_never_reported_complete(done, capsys, damage):
         import numpy as np
 
         token_shards.write_shard(shard, np.arange(7, dtype=np.uint16))
-    line = refused(capsys, argv)
+    line = refused(tokenize_fineweb.main, argv)
     assert line.startswith(f"gpt-tokenize: error: {out} cannot be resumed: shard {shard} ")
     assert line.endswith("pass --overwrite to tokenize it again from the start")
     tokenize_fineweb.main([*argv, "--overwrite"])
@@ -104,29 +91,29 @@ def test_a_damaged_shard_is_never_reported_complete(done, capsys, damage):
     ("[1, 2]", "is not a gpt-tokenize manifest"),
     ('{"vocab_size": 5', "is not valid JSON"),
 ])
-def test_a_damaged_manifest_is_one_line(done, capsys, content, message):
+def test_a_damaged_manifest_is_one_line(done, content, message, refused):
     out, argv = done
     (out / "manifest.json").write_text(content)
-    assert message in refused(capsys, argv)
+    assert message in refused(tokenize_fineweb.main, argv)
 
 
-def test_bad_data_files_name_the_file_and_line(tmp_path, capsys):
+def test_bad_data_files_name_the_file_and_line(tmp_path, refused):
     out = ["--output", str(tmp_path / "out"), *SMALL]
     bad = write_docs(tmp_path / "bad.jsonl", 3)
     with open(bad, "a") as f:
         f.write('{"text": not json}\n')
-    assert refused(capsys, ["--data-files", str(bad), *out]) == (
+    assert refused(tokenize_fineweb.main, ["--data-files", str(bad), *out]) == (
         f"gpt-tokenize: error: {bad} line 4 is not valid JSON (Expecting value): repair or remove it")
     listed = tmp_path / "list.jsonl"
     listed.write_text('{"text": "fine"}\n["not", "an", "object"]\n')
-    assert refused(capsys, ["--data-files", str(listed), *out]) == (
+    assert refused(tokenize_fineweb.main, ["--data-files", str(listed), *out]) == (
         f"gpt-tokenize: error: {listed} line 2 is a JSON list, not an object with a text field")
     empty = tmp_path / "empty.parquet"
     empty.write_bytes(b"")
-    assert refused(capsys, ["--data-files", str(empty), *out]) == f"gpt-tokenize: error: --data-files {empty}: the file is empty"
+    assert refused(tokenize_fineweb.main, ["--data-files", str(empty), *out]) == f"gpt-tokenize: error: --data-files {empty}: the file is empty"
     garbage = tmp_path / "garbage.parquet"
     garbage.write_bytes(b"this is not parquet at all")
-    assert refused(capsys, ["--data-files", str(garbage), *out]).startswith(f"gpt-tokenize: error: cannot read {garbage}: ")
+    assert refused(tokenize_fineweb.main, ["--data-files", str(garbage), *out]).startswith(f"gpt-tokenize: error: cannot read {garbage}: ")
 
 
 def test_debug_shows_the_traceback(tmp_path, capsys):

@@ -2,7 +2,6 @@
 foreign checkpoint is never loaded (nor run), non-finite weights are never saved, and what the first evaluation
 needs is checked before the first step. Each failure is one line `gpt-train: error: ...`, non-zero, no traceback."""
 
-import hashlib
 import json
 import os
 import pickle
@@ -72,21 +71,8 @@ def run(trained, tmp_path):
     return tmp_path / "run"
 
 
-def digest(folder) -> dict:
-    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(Path(folder).rglob("*")) if p.is_file() and p.name != ".lock"}
 
 
-def refused(capsys, args, code=2) -> str:
-    """The last stderr line of a refused gpt-train (no traceback)."""
-    with pytest.raises(SystemExit) as info:
-        train_accelerate.main(args)
-    err = capsys.readouterr().err
-    assert info.value.code == code, err
-    assert "Traceback" not in err
-    line = err.strip().splitlines()[-1]
-    assert line.startswith("gpt-train: error: "), err
-    return line
 
 
 def steps_logged(out) -> list[int]:
@@ -96,8 +82,8 @@ def steps_logged(out) -> list[int]:
 
 @pytest.mark.parametrize("setting, value", [("learning_rate", "inf"), ("learning_rate", "nan"), ("grad_clip", "inf"),
                                             ("adam_epsilon", "nan")])
-def test_non_finite_settings_are_refused(data, tmp_path, capsys, setting, value):
-    line = refused(capsys, argv(data, tmp_path / "out", f"--{setting}", value))
+def test_non_finite_settings_are_refused(data, tmp_path, setting, value, refused):
+    line = refused(train_accelerate.main, argv(data, tmp_path / "out", f"--{setting}", value))
     assert line == f"gpt-train: error: {setting}={float(value)} must be a finite number"
     assert not (tmp_path / "out").exists()
 
@@ -111,16 +97,16 @@ time.sleep(60)
 """
 
 
-def test_a_second_run_into_a_locked_output_dir_is_refused_with_the_holders_pid(run, data, capsys):
-    before = digest(run)
+def test_a_second_run_into_a_locked_output_dir_is_refused_with_the_holders_pid(run, data, refused, tree_digest):
+    before = tree_digest(run)
     holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(run)], cwd=REPO, stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "locked"
-        line = refused(capsys, argv(data, run, "--resume_from_checkpoint", "latest", "--max_steps", "6",
+        line = refused(train_accelerate.main, argv(data, run, "--resume_from_checkpoint", "latest", "--max_steps", "6",
                                         "--allow_config_change"))
         assert line == (f"gpt-train: error: {run} is in use by another run (pid {holder.pid}); wait for it to end or "
                         "choose another output_dir")
-        assert digest(run) == before
+        assert tree_digest(run) == before
     finally:
         holder.kill()  # SIGKILL: the kernel drops the lock with its holder
         holder.wait()
@@ -129,23 +115,23 @@ def test_a_second_run_into_a_locked_output_dir_is_refused_with_the_holders_pid(r
     assert steps_logged(run) == [1, 2, 3, 4, 5, 6]
 
 
-def test_a_finished_run_without_checkpoints_is_not_replaced_unasked(run, data, capsys):
+def test_a_finished_run_without_checkpoints_is_not_replaced_unasked(run, data, refused, tree_digest):
     shutil.rmtree(run / "checkpoints")
-    before = digest(run)
+    before = tree_digest(run)
     for extra in ([], ["--resume_from_checkpoint", "latest"]):
-        line = refused(capsys, argv(data, run, *extra))
+        line = refused(train_accelerate.main, argv(data, run, *extra))
         assert line == (f"gpt-train: error: {run} holds an earlier run (final, metrics.jsonl) and no checkpoint to "
                         "resume from; pass --overwrite_output_dir to replace it, or choose another output_dir")
-        assert digest(run) == before
+        assert tree_digest(run) == before
     train_accelerate.main(argv(data, run, "--overwrite_output_dir", "--max_steps", "2"))
     assert steps_logged(run) == [1, 2]
 
 
-def test_a_damaged_rng_state_falls_back_to_the_previous_checkpoint(run, data, capsys):
+def test_a_damaged_rng_state_falls_back_to_the_previous_checkpoint(run, data, capsys, refused):
     step4 = run / "checkpoints" / "step_0000004"
     rng = step4 / "random_states_0.pkl"
     rng.write_bytes(rng.read_bytes()[:100])  # accelerate's load_state would swallow this and change dropout
-    line = refused(capsys, argv(data, run, "--resume_from_checkpoint", str(step4)), code=1)
+    line = refused(train_accelerate.main, argv(data, run, "--resume_from_checkpoint", str(step4)), code=1)
     assert line.startswith(f"gpt-train: error: checkpoint {step4} is damaged (")
     assert line.endswith("resume from an earlier one")
     train_accelerate.main(argv(data, run, "--resume_from_checkpoint", "latest", "--max_steps", "6",
@@ -155,21 +141,21 @@ def test_a_damaged_rng_state_falls_back_to_the_previous_checkpoint(run, data, ca
     assert steps_logged(run) == [1, 2, 3, 4, 5, 6]  # steps 3 and 4 were redone from step 2
 
 
-def test_resume_refuses_another_data_set_and_max_steps_below_the_checkpoint(run, data, tmp_path, capsys):
+def test_resume_refuses_another_data_set_and_max_steps_below_the_checkpoint(run, data, tmp_path, refused, tree_digest):
     """The checks themselves are issue 12's (config_changes, check_resume); these are the cases issue 11 found."""
-    before = digest(run)
+    before = tree_digest(run)
     step4 = run / "checkpoints" / "step_0000004"
-    line = refused(capsys, argv(data, run, "--resume_from_checkpoint", "latest", "--max_steps", "3"))
+    line = refused(train_accelerate.main, argv(data, run, "--resume_from_checkpoint", "latest", "--max_steps", "3"))
     assert line == (f"gpt-train: error: max_steps=3 is below step 4 of the checkpoint {step4}: nothing to train; "
                     "pass max_steps >= 4")
     other = tmp_path / "other"
     tokenize_fineweb.main(["--data-files", str(data / "docs.jsonl"), "--output", str(other), "--train-tokenizer",
                            "--vocab-size", "300", "--tokenizer-train-docs", "50", "--shard-size", "3000",
                            "--val-tokens", "1000", "--workers", "1"])
-    line = refused(capsys, argv(data, run, "--resume_from_checkpoint", "latest", "--data_dir", str(other)))
+    line = refused(train_accelerate.main, argv(data, run, "--resume_from_checkpoint", "latest", "--data_dir", str(other)))
     assert line.startswith(f"gpt-train: error: resuming {step4} would silently change data set: checkpoint ")
     assert str(other) in line and "--allow_config_change" in line
-    assert digest(run) == before
+    assert tree_digest(run) == before
 
 
 class RunsCode:
@@ -180,37 +166,37 @@ class RunsCode:
         return os.mkdir, (self.marker,)
 
 
-def test_a_crafted_pickle_in_a_checkpoint_is_refused_and_never_run(run, data, tmp_path, capsys):
+def test_a_crafted_pickle_in_a_checkpoint_is_refused_and_never_run(run, data, tmp_path, refused):
     step4 = run / "checkpoints" / "step_0000004"
     marker = tmp_path / "code-ran"
     (step4 / "pytorch_model_fsdp_0").mkdir()
     (step4 / "pytorch_model_fsdp_0" / ".metadata").write_bytes(pickle.dumps(RunsCode(marker)))
-    line = refused(capsys, argv(data, run, "--resume_from_checkpoint", str(step4)), code=1)
+    line = refused(train_accelerate.main, argv(data, run, "--resume_from_checkpoint", str(step4)), code=1)
     assert f"refused {step4 / 'pytorch_model_fsdp_0' / '.metadata'}: it references posix.mkdir" in line
     assert not marker.exists()
 
 
-def test_what_the_first_evaluation_needs_is_checked_before_the_first_step(data, tmp_path, capsys):
+def test_what_the_first_evaluation_needs_is_checked_before_the_first_step(data, tmp_path, refused):
     out = tmp_path / "out"
-    line = refused(capsys, argv(data, out, "--eval_interval", "2", "--val_batches", "1000"))
+    line = refused(train_accelerate.main, argv(data, out, "--eval_interval", "2", "--val_batches", "1000"))
     assert line == ("gpt-train: error: val_batches=1000 but the val split holds 15 batches of micro_batch_size x "
                     "seq_len = 2 x 32; use val_batches <= 15 (or 0 for no validation loss)")
-    line = refused(capsys, argv(data, out, "--eval_interval", "2", "--val_batches", "2", "--hellaswag",
+    line = refused(train_accelerate.main, argv(data, out, "--eval_interval", "2", "--val_batches", "2", "--hellaswag",
                                 "--hellaswag_data_dir", str(tmp_path)))
     assert line.startswith(f"gpt-train: error: hellaswag: expected {tmp_path / 'hellaswag' / 'hellaswag_val.jsonl'}")
     assert sorted(p.name for p in out.iterdir()) == [".lock"]  # no step ran, no metrics, no checkpoint
 
 
-def test_a_damaged_manifest_is_one_line(data, tmp_path, capsys):
+def test_a_damaged_manifest_is_one_line(data, tmp_path, refused):
     shards = tmp_path / "shards"
     shutil.copytree(data / "shards", shards)
     (shards / "manifest.json").write_text("{}")
-    line = refused(capsys, argv(data, tmp_path / "out", "--data_dir", str(shards)))
+    line = refused(train_accelerate.main, argv(data, tmp_path / "out", "--data_dir", str(shards)))
     assert line == (f"gpt-train: error: {shards / 'manifest.json'} is not a gpt-tokenize manifest (missing or malformed: "
                     "vocab_size, eot_id, tokenizer, shards): tokenize again into an empty folder")
 
 
-def test_a_full_disk_during_a_checkpoint_says_how_to_resume(data, tmp_path, capsys, monkeypatch):
+def test_a_full_disk_during_a_checkpoint_says_how_to_resume(data, tmp_path, monkeypatch, refused):
     from accelerate import Accelerator
 
     out = tmp_path / "out"
@@ -222,7 +208,7 @@ def test_a_full_disk_during_a_checkpoint_says_how_to_resume(data, tmp_path, caps
         return save_state(self, output_dir, **kwargs)
 
     monkeypatch.setattr(Accelerator, "save_state", fail_at_step_4)
-    line = refused(capsys, argv(data, out), code=1)
+    line = refused(train_accelerate.main, argv(data, out), code=1)
     step2 = out / "checkpoints" / "step_0000002"
     assert line == (f"gpt-train: error: could not write checkpoint {out / 'checkpoints' / '.tmp-step_0000004'} "
                     "([enforce fail at inline_container.cc:664] . unexpected pos 6784 vs 6676); is the disk full? "
