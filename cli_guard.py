@@ -194,7 +194,12 @@ def check_pickles(folder) -> list[Path]:
 
 
 def nonfinite_weights(named_tensors) -> list[str]:
-    """Names of the floating-point tensors that hold a NaN or an infinity."""
+    """Names of the floating-point tensors that hold a NaN or an infinity (this process's shard of a DTensor)."""
     import torch
 
-    return [name for name, t in named_tensors if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    bad = []
+    for name, t in named_tensors:
+        t = t.to_local() if hasattr(t, "to_local") else t  # FSDP2: no collective per parameter
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            bad.append(name)
+    return bad

@@ -212,7 +212,10 @@ def parse_args(argv=None) -> tuple[ModelArguments, DataArguments, TrainArguments
         path = Path(known.config)
         if not path.is_file():
             raise ConfigError(f"--config {known.config}: no such file")
-        recipe = yaml.safe_load(path.read_text()) or {}
+        try:
+            recipe = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path} is not valid YAML: {' '.join(str(err).split())}") from None
         if not isinstance(recipe, dict):
             raise ConfigError(f"{path} must hold a mapping of field: value, got {type(recipe).__name__}")
         allowed = {f.name for cls in ARGUMENT_CLASSES for f in fields(cls)}

@@ -127,15 +127,16 @@ def test_a_finished_run_without_checkpoints_is_not_replaced_unasked(run, data, r
     assert steps_logged(run) == [1, 2]
 
 
-def test_a_damaged_rng_state_falls_back_to_the_previous_checkpoint(run, data, capsys, refused):
+@pytest.mark.parametrize("damaged", ["random_states_0.pkl", "model.safetensors", "optimizer.bin", "trainer_state.json"])
+def test_a_damaged_newest_checkpoint_falls_back_to_the_previous_one(run, data, capsys, refused, damaged):
     step4 = run / "checkpoints" / "step_0000004"
-    rng = step4 / "random_states_0.pkl"
-    rng.write_bytes(rng.read_bytes()[:100])  # accelerate's load_state would swallow this and change dropout
+    file = step4 / damaged
+    file.write_bytes(file.read_bytes()[:100])  # a damaged RNG file accelerate's load_state would swallow, dropout changing
     line = refused(train_accelerate.main, argv(data, run, "--resume_from_checkpoint", str(step4)), code=1)
     assert line.startswith(f"gpt-train: error: checkpoint {step4} is damaged (")
     assert line.endswith("resume from an earlier one")
     train_accelerate.main(argv(data, run, "--resume_from_checkpoint", "latest", "--max_steps", "6",
-                                        "--allow_config_change"))
+                               "--allow_config_change"))
     err = capsys.readouterr().err
     assert f"gpt-train: warning: checkpoint {step4} is damaged (" in err and "falling back to the previous one" in err
     assert steps_logged(run) == [1, 2, 3, 4, 5, 6]  # steps 3 and 4 were redone from step 2
@@ -185,6 +186,13 @@ def test_what_the_first_evaluation_needs_is_checked_before_the_first_step(data, 
                                 "--hellaswag_data_dir", str(tmp_path)))
     assert line.startswith(f"gpt-train: error: hellaswag: expected {tmp_path / 'hellaswag' / 'hellaswag_val.jsonl'}")
     assert sorted(p.name for p in out.iterdir()) == [".lock"]  # no step ran, no metrics, no checkpoint
+
+
+def test_a_recipe_that_is_not_yaml_is_one_line(data, tmp_path, refused):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("model_preset: tiny\nmax_steps: [4\n")
+    line = refused(train_accelerate.main, argv(data, tmp_path / "out", "--config", str(recipe)))
+    assert line.startswith(f"gpt-train: error: {recipe} is not valid YAML: ")
 
 
 def test_a_damaged_manifest_is_one_line(data, tmp_path, refused):
