@@ -112,20 +112,20 @@ def _check_safetensors(path: Path):
         raise ValueError(f"{path} is damaged ({err}): copy it again or use another checkpoint") from None
 
 
-def load_file(path: Path) -> dict:
-    from safetensors.torch import load_file as load
+def _read_safetensors(path: Path) -> dict:
+    from safetensors.torch import load_file
 
     _check_safetensors(path)
-    return load(path)
+    return load_file(path)
 
 
 def _checkpoint_state_dict(folder: Path) -> dict:
     """The model weights `accelerate save_state` wrote, with wrapper prefixes removed."""
     if (folder / "model.safetensors").is_file():
-        state = load_file(folder / "model.safetensors")
+        state = _read_safetensors(folder / "model.safetensors")
     elif (folder / "model.safetensors.index.json").is_file():  # a sharded save_pretrained folder
         shards = set(_read_json(folder / "model.safetensors.index.json")["weight_map"].values())
-        state = {k: v for shard in sorted(shards) for k, v in load_file(folder / shard).items()}
+        state = {k: v for shard in sorted(shards) for k, v in _read_safetensors(folder / shard).items()}
     elif (folder / "pytorch_model_fsdp.bin").is_file():
         state = torch.load(folder / "pytorch_model_fsdp.bin", map_location="cpu", weights_only=True)
     elif (folder / "pytorch_model_fsdp_0").is_dir():
@@ -134,7 +134,7 @@ def _checkpoint_state_dict(folder: Path) -> dict:
         check_pickles(folder / "pytorch_model_fsdp_0")  # its .metadata is a pickle: plain records only, or refused
         with tempfile.TemporaryDirectory() as tmp:
             merge_fsdp_weights(str(folder / "pytorch_model_fsdp_0"), tmp, safe_serialization=True)
-            state = load_file(Path(tmp) / "model.safetensors")
+            state = _read_safetensors(Path(tmp) / "model.safetensors")
     else:
         found = sorted(p.name for p in folder.iterdir())
         raise ValueError(
