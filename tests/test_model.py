@@ -201,5 +201,5 @@ def test_tied_embeddings_share_gradients_and_untied_do_not():
 
 def test_sequence_beyond_context_is_refused():
     model = tiny()
-    with pytest.raises(ValueError, match="129 tokens .cache included. exceed n_positions=128"):
+    with pytest.raises(ValueError, match="129 tokens .cache included. exceed the model.s n_positions=128"):
         model(torch.zeros(1, 129, dtype=torch.long))
