@@ -105,8 +105,7 @@ class GPTAttention(nn.Module):
         self.c_proj.is_residual_projection = True
         self.resid_dropout = nn.Dropout(config.dropout)
 
-    def forward(self, hidden_states, attention_mask=None, position_embeddings=None, cache=None, output_attentions=False,
-                **kwargs):
+    def forward(self, hidden_states, attention_mask=None, position_embeddings=None, cache=None, **kwargs):
         B, T, C = hidden_states.shape
         q, k, v = self.c_attn(hidden_states).view(B, T, 3, self.config.n_head, self.head_dim).unbind(2)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, nh, T, hs)
@@ -115,9 +114,8 @@ class GPTAttention(nn.Module):
         if cache is not None:
             k, v = cache.update(k, v, self.layer_idx)  # (B, nh, S, hs) with S = past + T
 
-        # the fused kernels never materialise the attention probabilities: asking for them means eager
-        attention_interface: Callable = eager_attention_forward if output_attentions else (
-            ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, eager_attention_forward)
+        attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
+            self.config._attn_implementation, eager_attention_forward
         )
         y, att = attention_interface(
             self, q, k, v, attention_mask,
@@ -199,6 +197,16 @@ class GPTPreTrainedModel(PreTrainedModel):
         elif isinstance(module, GPTRotaryEmbedding):
             init.copy_(module.inv_freq, module.compute_inv_freq())
 
+    def resize_token_embeddings(self, new_num_tokens=None, pad_to_multiple_of=None, mean_resizing=True):
+        """Resize to `new_num_tokens` real tokens; the stored rows stay padded (to `pad_to_multiple_of`, by default
+        the config's multiple), and `config.vocab_size` keeps counting the real tokens only."""
+        if new_num_tokens is None:
+            return self.get_input_embeddings()
+        multiple = pad_to_multiple_of or self.config.pad_vocab_size_multiple
+        embeddings = super().resize_token_embeddings(new_num_tokens, multiple, mean_resizing)
+        self.config.vocab_size, self.config.pad_vocab_size_multiple = new_num_tokens, multiple
+        return embeddings
+
     def as_requested(self, output, return_dict: bool | None):
         """The output object, or its tuple of non-None fields when `return_dict=False` (argument or config)."""
         return output if (self.config.return_dict if return_dict is None else return_dict) else output.to_tuple()
@@ -243,6 +251,11 @@ class GPTModel(GPTPreTrainedModel):
         cache = either_cache(cache, past_key_values)
         output_attentions = self.config.output_attentions if output_attentions is None else output_attentions
         output_hidden_states = self.config.output_hidden_states if output_hidden_states is None else output_hidden_states
+        if output_attentions and self.config._attn_implementation != "eager":
+            raise ValueError(
+                f"output_attentions=True needs the eager attention, not {self.config._attn_implementation!r} (whose "
+                "kernels never materialise the probabilities): call model.set_attn_implementation('eager') first"
+            )
         if inputs_embeds is None:
             inputs_embeds = self.wte(input_ids)  # (B, T, C)
         if use_cache is None:  # a cache only helps inference: training never pays for one unless asked
@@ -252,14 +265,16 @@ class GPTModel(GPTPreTrainedModel):
         elif cache is None:
             cache = DynamicCache(config=self.config)
         past = cache.get_seq_length() if cache is not None else 0
-        # checked on shapes, not on position values: reading a tensor here would sync the GPU every step
-        if self.config.position_embedding == "learned" and past + inputs_embeds.shape[1] > self.config.n_positions:
+        # checked on shapes, not on position values: reading a tensor here would sync the GPU every step (and a
+        # static cache, whose length is a tensor, is sized by generate() and compiled: it is left to its own bounds)
+        if (self.config.position_embedding == "learned" and isinstance(past, int)
+                and past + inputs_embeds.shape[1] > self.config.n_positions):
             raise ValueError(
                 f"{past + inputs_embeds.shape[1]} tokens (cache included) exceed the model's n_positions="
                 f"{self.config.n_positions}: shorten the input or max_new_tokens"
             )
         if position_ids is None:
-            position_ids = torch.arange(past, past + inputs_embeds.shape[1], device=inputs_embeds.device)[None]
+            position_ids = (torch.arange(inputs_embeds.shape[1], device=inputs_embeds.device) + past)[None]
 
         mask = create_causal_mask(
             config=self.config, inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids,
@@ -275,10 +290,7 @@ class GPTModel(GPTPreTrainedModel):
         hidden_states, attentions = [], []
         for block in self.h:
             hidden_states.append(x)
-            x, att = block(
-                x, attention_mask=mask, position_embeddings=position_embeddings, output_attentions=output_attentions,
-                **{CACHE: cache}, **kwargs,
-            )
+            x, att = block(x, attention_mask=mask, position_embeddings=position_embeddings, **{CACHE: cache}, **kwargs)
             attentions.append(att)
         x = self.ln_f(x)
         hidden_states.append(x)  # the last entry is the final, normalised state, as in transformers' own models
