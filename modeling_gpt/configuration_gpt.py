@@ -3,7 +3,17 @@
 Shipped to the Hub as remote code: imports nothing but transformers and the standard library.
 """
 
+import transformers
 from transformers import PretrainedConfig
+
+# The oldest release these files run on (they ship as remote code and run on whatever release a user has).
+MIN_TRANSFORMERS = (5, 4)
+if tuple(int(part) for part in transformers.__version__.split(".")[:2]) < MIN_TRANSFORMERS:
+    raise ImportError(
+        f"this GPT's code needs transformers>={'.'.join(map(str, MIN_TRANSFORMERS))}, found {transformers.__version__}: "
+        "upgrade with `pip install -U transformers`, or use the model's native export (`gpt-push --native`: "
+        "transformers' own GPT2LMHeadModel / LlamaForCausalLM), which loads on every release"
+    )
 
 NORMS = ("layernorm", "rmsnorm")
 MLPS = ("gelu", "swiglu")
