@@ -57,7 +57,7 @@ class GPTConfig(PretrainedConfig):
     """
 
     model_type = "gpt"
-    keys_to_ignore_at_inference = ["past_key_values"]
+    keys_to_ignore_at_inference = ["cache", "past_key_values"]  # the KV cache under both its names
     attribute_map = {
         "hidden_size": "n_embd",
         "num_hidden_layers": "n_layer",

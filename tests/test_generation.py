@@ -6,6 +6,8 @@ KV cache. Every test here compares logits (or beam scores) step by step, and `te
 proves that they fail when the cache is dropped, as transformers 5.24's rename did.
 """
 
+import warnings
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -174,6 +176,23 @@ def test_pipeline_continues_with_the_uncached_argmax(model_dir):
             next_id = model(ids, use_cache=False).logits[:, -1].argmax(-1, keepdim=True)
         ids = torch.cat([ids, next_id], dim=1)
     assert text == generator.tokenizer.decode(ids[0])
+
+
+def test_our_code_triggers_no_deprecation(model_dir, capfd):
+    """Generation, the pipeline and a returned cache use only the installed release's current names."""
+    from transformers.utils.logging import warning_once
+
+    warning_once.cache_clear()  # transformers says each deprecation once per process: make this test's count
+    model = tiny("gpt2.5")
+    ids, mask = prompts()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = generate(model, ids, mask, do_sample=False)
+        generate(model, out.sequences, torch.ones_like(out.sequences), n=2, **{modeling.CACHE: out[modeling.CACHE]})
+        model(ids, attention_mask=mask, output_hidden_states=True)
+        pipeline("text-generation", model=str(model_dir))("Hello", max_new_tokens=3, do_sample=False)
+    messages = [str(w.message) for w in caught] + capfd.readouterr().err.splitlines()
+    assert not [m for m in messages if "deprecat" in m.lower()]
 
 
 def test_checks_see_a_dropped_cache(monkeypatch):
