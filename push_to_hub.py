@@ -12,7 +12,6 @@ from HF_TOKEN or `hf auth login`; this script never prints or writes it.
 import argparse
 import copy
 import json
-import os
 import shutil
 import sys
 import tempfile
@@ -25,6 +24,7 @@ from huggingface_hub.errors import HFValidationError, HfHubHTTPError
 from huggingface_hub.utils import validate_repo_id
 from transformers import GenerationConfig
 
+import atomic_io
 from modeling_gpt import GPTConfig, GPTForCausalLM
 from modeling_gpt.tokenizer import gpt2_tokenizer
 
@@ -523,9 +523,7 @@ def export(source: Source, output_dir, repo_id: str, *, native=False, eval_resul
     entries = read_eval_entries(_eval_files(source.run_dir) if eval_results is None else eval_results)
     samples = sample_completions(model, tokenizer, gen, prompts, seed=seed) if prompts else []
 
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
-    try:
+    with atomic_io.atomic_path(output_dir) as tmp:
         published.save_pretrained(tmp, max_shard_size=max_shard_size)
         tokenizer.save_pretrained(tmp)
         plots = []
@@ -536,16 +534,6 @@ def export(source: Source, output_dir, repo_id: str, *, native=False, eval_resul
         card = build_card(source, repo_id, native=native, entries=entries, samples=samples, plots=plots,
                           license=license, generation=gen.to_dict(), revision=revision)
         card.save(tmp / "README.md")
-        if output_dir.exists():
-            old = output_dir.with_name(f".{output_dir.name}.old")
-            os.replace(output_dir, old)
-            os.replace(tmp, output_dir)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, output_dir)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
     return output_dir
 
 

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+import atomic_io
+
 MAGIC = b"GPTTOKS\x00"
 VERSION = 1
 HEADER_BYTES = 64
@@ -39,10 +41,8 @@ def token_dtype(vocab_size: int) -> np.dtype:
 
 
 def write_json_atomic(path, obj) -> None:
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    """A manifest-style JSON file (indented, sorted keys), atomically."""
+    atomic_io.write_json(path, obj, indent=2, sort_keys=True)
 
 
 def write_shard(path, tokens: np.ndarray) -> str:
@@ -54,13 +54,7 @@ def write_shard(path, tokens: np.ndarray) -> str:
     header = _HEADER.pack(MAGIC, VERSION, tokens.dtype.itemsize, tokens.size).ljust(HEADER_BYTES, b"\x00")
     sha = hashlib.sha256(header)
     sha.update(memoryview(tokens).cast("B"))
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(header)
-        f.write(memoryview(tokens).cast("B"))
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)  # a reader (or a resumed run) never sees half a shard
+    atomic_io.write_bytes(path, header, memoryview(tokens).cast("B"), fsync=True)  # never half a shard on disk
     return sha.hexdigest()
 
 

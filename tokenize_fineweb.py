@@ -13,7 +13,6 @@ produces byte-identical shards.
 import copy
 import json
 import os
-import shutil
 import sys
 import time
 from collections import deque
@@ -24,6 +23,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+import atomic_io
 import token_shards
 from token_shards import MANIFEST, TOKENIZER_DIR, token_dtype, write_json_atomic, write_shard
 
@@ -235,11 +235,8 @@ def prepare_tokenizer(args, out: Path, ds, resume_hash):
     else:
         hf = _load_hf_tokenizer(args.tokenizer)
     if resume_hash is None:
-        tmp = out / (TOKENIZER_DIR + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        hf.save_pretrained(str(tmp))
-        shutil.rmtree(tok_dir, ignore_errors=True)
-        os.replace(tmp, tok_dir)
+        with atomic_io.atomic_path(tok_dir) as tmp:
+            hf.save_pretrained(str(tmp))
 
     name = f"trained-bpe-{args.vocab_size}" if args.train_tokenizer else args.tokenizer
     eot_id, vocab_size = _eot_id(hf, name), len(hf)
@@ -312,9 +309,8 @@ def run(args: TokenizeArguments) -> dict:
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     # leftovers of a killed run: half-written shards, manifest or tokenizer
-    for stale in [*out.glob("*.bin.tmp"), out / (MANIFEST + ".tmp")]:
-        stale.unlink(missing_ok=True)
-    shutil.rmtree(out / (TOKENIZER_DIR + ".tmp"), ignore_errors=True)
+    for stale in [*out.glob("*.bin.tmp"), atomic_io.temp_path(out / MANIFEST), atomic_io.temp_path(out / TOKENIZER_DIR)]:
+        atomic_io.remove(stale)
     source, config = _source_and_config(args)
     manifest = _start_or_resume(args, out, source, config)
     if manifest is not None and manifest["stream"]["complete"]:

@@ -21,7 +21,7 @@ import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Optional, Union, get_args, get_origin, get_type_hints
+from typing import Any, Callable, Optional, Union, get_args, get_origin, get_type_hints
 
 import torch
 import yaml
@@ -30,6 +30,7 @@ from accelerate.utils import ProjectConfiguration, set_seed
 from tqdm.auto import tqdm
 from transformers import AutoConfig, GenerationConfig, HfArgumentParser
 
+import atomic_io
 import token_shards
 from eval import mean_loss, run_tasks
 from modeling_gpt import PRESETS, GPTConfig, GPTForCausalLM
@@ -289,10 +290,6 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
 
 
 # ----------------------------------------------------------------------------------------------
-# Throughput
-
-
-# ----------------------------------------------------------------------------------------------
 # Checkpoints and metrics
 
 
@@ -330,17 +327,12 @@ class CheckpointManager:
     def remove_partial(self):
         """Delete what an interrupted save left behind."""
         if self.root.is_dir():
-            for child in self.root.glob(".tmp-step_*"):
+            for child in [*self.root.glob(".tmp-step_*"), *self.root.glob(".step_*.old")]:
                 shutil.rmtree(child, ignore_errors=True)
 
     def commit(self, step: int) -> Path:
         """Move a finished temporary folder into place (atomic rename), then prune old checkpoints."""
-        final = self.path(step)
-        if final.exists():  # re-saving a step after resuming from an older checkpoint
-            stale = self.root / f".tmp-old-step_{step:07d}"
-            os.replace(final, stale)
-            shutil.rmtree(stale)
-        os.replace(self.temp_path(step), final)
+        final = atomic_io.replace(self.temp_path(step), self.path(step))  # also over a step re-saved after a resume
         if self.keep_last_k:
             for old in self.steps()[: -self.keep_last_k]:
                 shutil.rmtree(self.path(old))
@@ -365,9 +357,7 @@ class MetricsLog:
                 continue
             if record.get("step", 0) <= last_step:
                 kept.append(line)
-        tmp = self.path.with_suffix(".jsonl.tmp")
-        tmp.write_text("".join(line + "\n" for line in kept))
-        os.replace(tmp, self.path)
+        atomic_io.write_text(self.path, "".join(line + "\n" for line in kept))
 
     def append(self, records: list[dict]):
         with self.path.open("a") as f:
@@ -446,7 +436,6 @@ def build_model(model_args: ModelArguments, vocab_size: int, eot_id: int) -> GPT
 
 
 @torch.no_grad()
-@torch.no_grad()
 def sample(model, tokenizer, prompts: list[str], max_new_tokens: int, seed: int, device) -> list[str]:
     """Top-k sampled completions, on a forked RNG so that training randomness is untouched."""
     devices = [device] if device.type == "cuda" else []
@@ -472,37 +461,54 @@ def _tensorboard_installed() -> bool:
 def export_final(accelerator: Accelerator, model, tokenizer, output_dir: Path):
     """output_dir/final: a Hugging Face folder (weights, config, code, tokenizer, generation config)."""
     state_dict = accelerator.get_state_dict(model)  # gathers FSDP shards on the main process
-    final, tmp = output_dir / "final", output_dir / ".tmp-final"
+    final = output_dir / "final"
     if accelerator.is_main_process:
-        shutil.rmtree(tmp, ignore_errors=True)
-        unwrapped = accelerator.unwrap_model(model)
-        unwrapped.save_pretrained(tmp, state_dict=state_dict, save_function=accelerator.save)
-        tokenizer.save_pretrained(tmp)
-        eot = tokenizer.eos_token_id
-        GenerationConfig(
-            do_sample=True, top_k=50, temperature=1.0, max_new_tokens=128,
-            bos_token_id=eot, eos_token_id=eot, pad_token_id=eot,
-        ).save_pretrained(tmp)
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+        with atomic_io.atomic_path(final) as tmp:
+            unwrapped = accelerator.unwrap_model(model)
+            unwrapped.save_pretrained(tmp, state_dict=state_dict, save_function=accelerator.save)
+            tokenizer.save_pretrained(tmp)
+            eot = tokenizer.eos_token_id
+            GenerationConfig(
+                do_sample=True, top_k=50, temperature=1.0, max_new_tokens=128,
+                bos_token_id=eot, eos_token_id=eot, pad_token_id=eot,
+            ).save_pretrained(tmp)
     accelerator.wait_for_everyone()
     return final
 
 
 # ----------------------------------------------------------------------------------------------
-# The loop
+# Start-up: everything before the first step
 
 
-def main(argv=None):
-    try:
-        train(argv)
-    except (ConfigError, NonFiniteLossError) as err:
-        sys.exit(f"gpt-train: error: {err}")
+@dataclass
+class Run:
+    """What start_up() builds and the loop's steps share."""
+
+    args: TrainArguments
+    accelerator: Accelerator
+    model: torch.nn.Module  # as prepared by accelerate (wrapped for DDP / FSDP)
+    train_forward: Callable  # the compiled model, or the model itself
+    eval_model: GPTForCausalLM  # the unwrapped module: evaluation and generation stay eager
+    optimizer: torch.optim.Optimizer
+    tokenizer: Any
+    train_loader: token_shards.ShardDataLoader
+    val_loader: token_shards.ShardDataLoader
+    checkpoints: CheckpointManager
+    metrics: MetricsLog
+    tracker: str
+    accum: int  # micro-steps per optimizer step
+    settings: dict  # every field of the three argument classes, as recorded in checkpoints
+    hardware: dict
+    flops_per_token: float
+    peak_tflops: Optional[float]  # dense peak of one device; None where unknown (CPU)
+    start_step: int
+    last_good: Optional[Path]  # the newest checkpoint, named when the loss turns non-finite
+    elapsed_before: float  # training seconds before the checkpoint this run resumed from
+    clock_start: float = field(default_factory=time.perf_counter)
 
 
-def train(argv=None):
-    model_args, data_args, args = parse_args(argv)
+def make_accelerator(args: TrainArguments) -> tuple[Accelerator, str]:
+    """The Accelerator and the tracker it logs to ("none" for no tracker)."""
     output_dir = Path(args.output_dir)
     tracker = args.tracker
     if tracker == "auto":
@@ -514,8 +520,51 @@ def train(argv=None):
         log_with=None if tracker == "none" else tracker,
         project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "runs")),
     )
-    device, is_main = accelerator.device, accelerator.is_main_process
-    world = accelerator.num_processes
+    return accelerator, tracker
+
+
+def resume_point(args: TrainArguments, checkpoints: CheckpointManager) -> Optional[Path]:
+    """The checkpoint to resume from, or None for a fresh start; never silently trains over an existing run."""
+    resume = args.resume_from_checkpoint
+    if resume == "latest":
+        return checkpoints.latest()
+    if resume is None:
+        if checkpoints.latest() is not None:
+            raise ConfigError(
+                f"{args.output_dir} already holds checkpoints (latest {checkpoints.latest()}); pass "
+                "--resume_from_checkpoint latest to continue that run, or choose another output_dir"
+            )
+        return None
+    resume = Path(resume)
+    if not (resume / "trainer_state.json").is_file():
+        raise ConfigError(f"resume_from_checkpoint={str(resume)!r} is not a complete checkpoint folder")
+    return resume
+
+
+def load_checkpoint(accelerator: Accelerator, path: Path, args: TrainArguments, train_loader) -> dict:
+    """Restore weights, optimizer, RNG states and the data position; return the checkpoint's trainer state."""
+    state = json.loads((path / "trainer_state.json").read_text())
+    for key in ("total_batch_tokens", "seq_len"):
+        if state[key] != getattr(args, key):
+            raise ConfigError(f"{path} was trained with {key}={state[key]}; resuming with {getattr(args, key)} would change the data")
+    accelerator.load_state(str(path))
+    train_loader.load_state_dict(state["train_loader"])  # its position is global: any world size resumes it
+    return state
+
+
+def start_trackers(accelerator: Accelerator, tracker: str, args: TrainArguments, settings: dict):
+    if tracker != "none":
+        # TensorBoard's hparams take scalars only
+        flat = {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in settings.items()}
+        accelerator.init_trackers(args.run_name or Path(args.output_dir).resolve().name, config=flat)
+
+
+def start_up(argv=None) -> Run:
+    """Settings, accelerator, data, model, optimizer and, when resuming, the checkpoint."""
+    model_args, data_args, args = parse_args(argv)
+    output_dir = Path(args.output_dir)
+    accelerator, tracker = make_accelerator(args)
+    device, world = accelerator.device, accelerator.num_processes
     accum = gradient_accumulation_steps(args.total_batch_tokens, args.micro_batch_size, args.seq_len, world)
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
@@ -529,9 +578,6 @@ def train(argv=None):
     model = build_model(model_args, manifest["vocab_size"], manifest["eot_id"])
     if args.seq_len > model.config.n_positions:
         raise ConfigError(f"seq_len={args.seq_len} is longer than the model's n_positions={model.config.n_positions}")
-    flops_token = flops_per_token(model.config, args.seq_len)
-    n_params = model.num_parameters()
-
     loader_kwargs = dict(
         batch_size=args.micro_batch_size, seq_len=args.seq_len, rank=accelerator.process_index, world_size=world,
         seed=args.seed, vocab_size=model.config.vocab_size, eot_id=manifest["eot_id"],
@@ -540,169 +586,203 @@ def train(argv=None):
     train_loader = token_shards.ShardDataLoader(data_args.data_dir, split="train", **loader_kwargs)
     val_loader = token_shards.ShardDataLoader(data_args.data_dir, split="val", shuffle=False, **loader_kwargs)
 
+    n_params, flops_token = model.num_parameters(), flops_per_token(model.config, args.seq_len)  # before FSDP shards it
     optimizer = torch.optim.AdamW(
         param_groups(model, args.weight_decay), lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
         eps=args.adam_epsilon, fused=device.type == "cuda",
     )
     model, optimizer = accelerator.prepare(model, optimizer)
-    # compile the training forward only: evaluation and generation use the eager module
-    train_forward = torch.compile(model) if args.compile else model
-    eval_model = accelerator.unwrap_model(model)
 
     checkpoints = CheckpointManager(output_dir / "checkpoints", args.keep_last_k)
     metrics = MetricsLog(output_dir / "metrics.jsonl")
-    start_step, elapsed_before, run_start = 0, 0.0, time.perf_counter()
-    resume = args.resume_from_checkpoint
-    if resume == "latest":
-        resume = checkpoints.latest()
-    elif resume is None and checkpoints.latest() is not None:
-        raise ConfigError(
-            f"{output_dir} already holds checkpoints (latest {checkpoints.latest()}); pass "
-            "--resume_from_checkpoint latest to continue that run, or choose another output_dir"
-        )
-    if resume is not None:
-        resume = Path(resume)
-        if not (resume / "trainer_state.json").is_file():
-            raise ConfigError(f"resume_from_checkpoint={str(resume)!r} is not a complete checkpoint folder")
-        state = json.loads((resume / "trainer_state.json").read_text())
-        elapsed_before = state.get("elapsed_seconds", 0.0)
-        for key in ("total_batch_tokens", "seq_len"):
-            if state[key] != getattr(args, key):
-                raise ConfigError(f"{resume} was trained with {key}={state[key]}; resuming with {getattr(args, key)} would change the data")
-        accelerator.load_state(str(resume))
-        train_loader.load_state_dict(state["train_loader"])  # its position is global: any world size resumes it
-        start_step = state["step"]
-    if is_main:
+    resume = resume_point(args, checkpoints)
+    state = load_checkpoint(accelerator, resume, args, train_loader) if resume is not None else {}
+    start_step = state.get("step", 0)
+    if accelerator.is_main_process:
         checkpoints.remove_partial()
         output_dir.mkdir(parents=True, exist_ok=True)
         metrics.truncate(start_step)  # a resumed run redoes the steps after its checkpoint
     accelerator.wait_for_everyone()
 
     settings = {k: v for obj in (model_args, data_args, args) for k, v in asdict(obj).items()}
-    if tracker != "none":
-        # TensorBoard's hparams take scalars only
-        flat = {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in settings.items()}
-        accelerator.init_trackers(args.run_name or output_dir.resolve().name, config=flat)
+    start_trackers(accelerator, tracker, args, settings)
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or device.type
     compute_dtype = accelerator.mixed_precision if accelerator.mixed_precision in ("bf16", "fp16") else "fp32"
-    peak = peak_tflops(device_name, compute_dtype) if device.type == "cuda" else None
     accelerator.print(
         f"{n_params:,} parameters | {world} process(es) x {accum} micro-step(s) x {args.micro_batch_size} x "
         f"{args.seq_len} = {args.total_batch_tokens:,} tokens/step | {accelerator.distributed_type} on {device}, "
         f"{accelerator.mixed_precision} | steps {start_step} -> {args.max_steps}"
     )
+    return Run(
+        args=args, accelerator=accelerator, model=model,
+        # compile the training forward only: evaluation and generation use the eager module
+        train_forward=torch.compile(model) if args.compile else model, eval_model=accelerator.unwrap_model(model),
+        optimizer=optimizer, tokenizer=tokenizer, train_loader=train_loader, val_loader=val_loader,
+        checkpoints=checkpoints, metrics=metrics, tracker=tracker, accum=accum, settings=settings,
+        hardware=dict(device=device_name, processes=world, distributed=str(accelerator.distributed_type)),
+        flops_per_token=flops_token,
+        peak_tflops=peak_tflops(device_name, compute_dtype) if device.type == "cuda" else None,
+        start_step=start_step, last_good=resume, elapsed_before=state.get("elapsed_seconds", 0.0),
+    )
 
-    def save_checkpoint(step: int):
-        tmp = checkpoints.temp_path(step)
-        accelerator.save_state(str(tmp))
-        accelerator.wait_for_everyone()
-        if is_main:
-            state = dict(
-                step=step, tokens=step * args.total_batch_tokens, world_size=world,
-                total_batch_tokens=args.total_batch_tokens, seq_len=args.seq_len,
-                elapsed_seconds=elapsed_before + time.perf_counter() - run_start,
-                hardware=dict(device=device_name, processes=world, distributed=str(accelerator.distributed_type)),
-                tokenizer_hash=token_shards.tokenizer_hash(tokenizer), train_loader=train_loader.state_dict(),
-                model_config=eval_model.config.to_dict(), config=settings,
-            )
-            # written last: a folder without it is never picked by a resume
-            (tmp / "trainer_state.json").write_text(json.dumps(state, indent=2))
-            checkpoints.commit(step)
-        accelerator.wait_for_everyone()
 
-    def evaluate(step: int) -> dict:
-        eval_model.eval()
-        results = {}
-        if args.val_batches:
-            results["val_loss"] = mean_loss(eval_model, val_loader, args.val_batches, accelerator)
-        if args.hellaswag:
-            scores = run_tasks(eval_model, tokenizer, tasks=["hellaswag"], data_dir=args.hellaswag_data_dir,
-                               scoring=args.hellaswag_scoring, limit=args.hellaswag_limit, accelerator=accelerator)["hellaswag"]
-            results["hellaswag_acc"], results["hellaswag_acc_norm"] = scores["acc"], scores["acc_norm"]
-        # FSDP shards the weights: every process must take part in generation
-        if args.sample_prompts and (is_main or accelerator.distributed_type == DistributedType.FSDP):
-            results["samples"] = sample(eval_model, tokenizer, args.sample_prompts, args.sample_max_new_tokens, args.seed + step, device)
-        eval_model.train()
-        return results
+# ----------------------------------------------------------------------------------------------
+# The loop: one optimizer step, then a log line, an evaluation and a checkpoint when they are due
 
+
+def train_step(run: Run, lr: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimizer step over `accum` micro-batches: (mean loss, gradient norm), both still on the device."""
+    accelerator, model, device = run.accelerator, run.model, run.accelerator.device
+    for group in run.optimizer.param_groups:
+        group["lr"] = lr
+    loss_sum = torch.zeros((), device=device)
+    for micro_step in range(run.accum):
+        x, y = run.train_loader.next_batch()
+        if device.type == "cuda":
+            x, y = x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
+        # gradients are all-reduced on the last micro-step only
+        with accelerator.no_sync(model) if micro_step < run.accum - 1 else nullcontext():
+            loss = run.train_forward(input_ids=x, labels=y, shift_labels=y).loss / run.accum
+            accelerator.backward(loss)
+        loss_sum += loss.detach()
+    grad_norm = accelerator.clip_grad_norm_(model.parameters(), run.args.grad_clip or float("inf"))
+    run.optimizer.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    return loss_sum, grad_norm
+
+
+def eval_due(args: TrainArguments, step: int) -> bool:
+    return args.eval_interval > 0 and (step % args.eval_interval == 0 or step == args.max_steps)
+
+
+def save_due(args: TrainArguments, step: int) -> bool:
+    return (args.save_interval > 0 and step % args.save_interval == 0) or step == args.max_steps
+
+
+def collect_records(run: Run, pending: list, since_time: float, since_step: int) -> list[dict]:
+    """The metrics records of the pending steps, in one host sync (losses averaged over the processes).
+
+    Stops on a non-finite loss; the last record also gets the throughput since (since_time, since_step)."""
+    args, accelerator = run.args, run.accelerator
+    losses = accelerator.reduce(torch.stack([p[2] for p in pending]), reduction="mean").tolist()
+    norms = torch.stack([p[3].float() for p in pending]).tolist()
+    records = [
+        dict(step=s, loss=l, lr=r, grad_norm=n, tokens=s * args.total_batch_tokens)
+        for (s, r, _, _), l, n in zip(pending, losses, norms)
+    ]
+    check_finite(records, run.last_good)
+    last = records[-1]
+    last["tokens_per_sec"] = (last["step"] - since_step) * args.total_batch_tokens / (time.perf_counter() - since_time)
+    if run.peak_tflops is not None:
+        last["mfu"] = run.flops_per_token * last["tokens_per_sec"] / (run.peak_tflops * 1e12 * accelerator.num_processes)
+    return records
+
+
+def maybe_eval(run: Run, step: int) -> dict:
+    """Validation loss, HellaSwag and sampled completions when an evaluation is due after `step`, else {}."""
+    args, accelerator, model = run.args, run.accelerator, run.eval_model
+    if not eval_due(args, step):
+        return {}
+    model.eval()
+    results = {}
+    if args.val_batches:
+        results["val_loss"] = mean_loss(model, run.val_loader, args.val_batches, accelerator)
+    if args.hellaswag:
+        scores = run_tasks(model, run.tokenizer, tasks=["hellaswag"], data_dir=args.hellaswag_data_dir,
+                           scoring=args.hellaswag_scoring, limit=args.hellaswag_limit, accelerator=accelerator)["hellaswag"]
+        results["hellaswag_acc"], results["hellaswag_acc_norm"] = scores["acc"], scores["acc_norm"]
+    # FSDP shards the weights: every process must take part in generation
+    if args.sample_prompts and (accelerator.is_main_process or accelerator.distributed_type == DistributedType.FSDP):
+        results["samples"] = sample(model, run.tokenizer, args.sample_prompts, args.sample_max_new_tokens,
+                                    args.seed + step, accelerator.device)
     model.train()
-    pending = []  # (step, lr, loss tensor, grad-norm tensor) not yet synced to the host
-    last_good = resume
-    timer, timer_step = time.perf_counter(), start_step
-    progress = tqdm(total=args.max_steps, initial=start_step, disable=not is_main, desc="train", dynamic_ncols=True)
-    for step in range(start_step, args.max_steps):
+    return results
+
+
+def report(run: Run, records: list[dict], progress: tqdm):
+    """Print the log line (and samples), append to metrics.jsonl and send the records to the tracker."""
+    last = records[-1]
+    # the printed loss is the mean since the previous line: single small batches are noisy
+    interval_loss = sum(r["loss"] for r in records) / len(records)
+    line = (f"step {last['step']:6d} | loss {interval_loss:.4f} | lr {last['lr']:.3e} | norm {last['grad_norm']:.3f} | "
+            f"tok/s {last['tokens_per_sec']:,.0f}")
+    if "mfu" in last:
+        line += f" | mfu {last['mfu']:.1%}"
+    if "val_loss" in last:
+        line += f" | val {last['val_loss']:.4f}"
+    if "hellaswag_acc_norm" in last:
+        line += f" | hellaswag {last['hellaswag_acc_norm']:.4f}"
+    if run.accelerator.is_main_process:
+        progress.write(line)
+        for prompt_completion in last.get("samples", []):
+            progress.write(f"  sample: {prompt_completion!r}")
+        run.metrics.append(records)
+        progress.set_postfix(loss=f"{interval_loss:.4f}")
+    if run.tracker != "none":
+        for record in records:
+            values = {k: v for k, v in record.items() if k not in ("step", "samples")}
+            values.update({f"sample_{i}": text for i, text in enumerate(record.get("samples", []))})
+            run.accelerator.log(values, step=record["step"])
+
+
+def maybe_save(run: Run, step: int):
+    """Checkpoint after `step` when one is due: accelerate's state plus trainer_state.json, written last."""
+    args, accelerator = run.args, run.accelerator
+    if not save_due(args, step):
+        return
+    tmp = run.checkpoints.temp_path(step)
+    accelerator.save_state(str(tmp))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        state = dict(
+            step=step, tokens=step * args.total_batch_tokens, world_size=accelerator.num_processes,
+            total_batch_tokens=args.total_batch_tokens, seq_len=args.seq_len,
+            elapsed_seconds=run.elapsed_before + time.perf_counter() - run.clock_start, hardware=run.hardware,
+            tokenizer_hash=token_shards.tokenizer_hash(run.tokenizer), train_loader=run.train_loader.state_dict(),
+            model_config=run.eval_model.config.to_dict(), config=run.settings,
+        )
+        # written last: a folder without it is never picked by a resume
+        (tmp / "trainer_state.json").write_text(json.dumps(state, indent=2))
+        run.checkpoints.commit(step)
+    accelerator.wait_for_everyone()
+    run.last_good = run.checkpoints.path(step)
+
+
+def main(argv=None):
+    try:
+        train(argv)
+    except (ConfigError, NonFiniteLossError) as err:
+        sys.exit(f"gpt-train: error: {err}")
+
+
+def train(argv=None):
+    run = start_up(argv)
+    args = run.args
+    run.model.train()
+    pending = []  # (step, lr, loss, grad norm) of the steps not yet logged; the tensors stay on the device
+    since = (time.perf_counter(), run.start_step)  # throughput counts from the previous log line
+    progress = tqdm(total=args.max_steps, initial=run.start_step, disable=not run.accelerator.is_main_process,
+                    desc="train", dynamic_ncols=True)
+    for step in range(run.start_step, args.max_steps):
         lr = get_lr(step, learning_rate=args.learning_rate, warmup_steps=args.warmup_steps,
                     max_steps=args.max_steps, min_lr_ratio=args.min_lr_ratio)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        loss_sum = torch.zeros((), device=device)
-        for micro_step in range(accum):
-            x, y = train_loader.next_batch()
-            if device.type == "cuda":
-                x, y = x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
-            # gradients are all-reduced on the last micro-step only
-            with accelerator.no_sync(model) if micro_step < accum - 1 else nullcontext():
-                loss = train_forward(input_ids=x, labels=y, shift_labels=y).loss / accum
-                accelerator.backward(loss)
-            loss_sum += loss.detach()
-        grad_norm = accelerator.clip_grad_norm_(model.parameters(), args.grad_clip or float("inf"))
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        loss, grad_norm = train_step(run, lr)
         done = step + 1
-        pending.append((done, lr, loss_sum, grad_norm))
+        pending.append((done, lr, loss, grad_norm))
         progress.update(1)
-
-        is_last = done == args.max_steps
-        do_eval = args.eval_interval > 0 and (done % args.eval_interval == 0 or is_last)
-        do_save = (args.save_interval > 0 and done % args.save_interval == 0) or is_last
-        if not (done % args.log_interval == 0 or do_eval or do_save):
+        if done % args.log_interval and not eval_due(args, done) and not save_due(args, done):
             continue
-        # one host sync per log interval: mean over ranks of every pending step's loss
-        losses = accelerator.reduce(torch.stack([p[2] for p in pending]), reduction="mean").tolist()
-        norms = torch.stack([p[3].float() for p in pending]).tolist()
-        records = [
-            dict(step=s, loss=l, lr=r, grad_norm=n, tokens=s * args.total_batch_tokens)
-            for (s, r, _, _), l, n in zip(pending, losses, norms)
-        ]
+        records = collect_records(run, pending, *since)  # the one host sync per log line
         pending = []
-        check_finite(records, last_good)
-        elapsed = time.perf_counter() - timer
-        tokens_per_sec = (done - timer_step) * args.total_batch_tokens / elapsed
-        records[-1]["tokens_per_sec"] = tokens_per_sec
-        if peak is not None:
-            records[-1]["mfu"] = flops_token * tokens_per_sec / (peak * 1e12 * world)
-        if do_eval:
-            records[-1].update(evaluate(done))
-        last = records[-1]
-        # the printed loss is the mean since the previous line: single small batches are noisy
-        interval_loss = sum(r["loss"] for r in records) / len(records)
-        line = f"step {done:6d} | loss {interval_loss:.4f} | lr {lr:.3e} | norm {last['grad_norm']:.3f} | tok/s {tokens_per_sec:,.0f}"
-        if "mfu" in last:
-            line += f" | mfu {last['mfu']:.1%}"
-        if "val_loss" in last:
-            line += f" | val {last['val_loss']:.4f}"
-        if "hellaswag_acc_norm" in last:
-            line += f" | hellaswag {last['hellaswag_acc_norm']:.4f}"
-        if is_main:
-            progress.write(line)
-            for prompt_completion in last.get("samples", []):
-                progress.write(f"  sample: {prompt_completion!r}")
-            metrics.append(records)
-            progress.set_postfix(loss=f"{interval_loss:.4f}")
-        if tracker != "none":
-            for record in records:
-                values = {k: v for k, v in record.items() if k not in ("step", "samples")}
-                values.update({f"sample_{i}": text for i, text in enumerate(record.get("samples", []))})
-                accelerator.log(values, step=record["step"])
-        if do_save:
-            save_checkpoint(done)
-            last_good = checkpoints.path(done)
-        timer, timer_step = time.perf_counter(), done
+        records[-1].update(maybe_eval(run, done))
+        report(run, records, progress)
+        maybe_save(run, done)
+        since = (time.perf_counter(), done)
     progress.close()
 
-    final = export_final(accelerator, model, tokenizer, output_dir)
-    accelerator.print(f"done: {args.max_steps} steps; Hugging Face folder in {final}")
-    accelerator.end_training()
+    final = export_final(run.accelerator, run.model, run.tokenizer, Path(args.output_dir))
+    run.accelerator.print(f"done: {args.max_steps} steps; Hugging Face folder in {final}")
+    run.accelerator.end_training()
 
 
 if __name__ == "__main__":

@@ -11,23 +11,17 @@ Prints a table (tokens/s, ratio, whether both produced the same tokens) and writ
         --output bench/results/generate_cpu_small.json
 """
 
-import os
-import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
-# bench/tokenize.py shadows the standard library's `tokenize`: search bench/ last instead of first
-_HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _HERE] + [_HERE]
+import torch
+from transformers import GenerationConfig, HfArgumentParser
 
-import time  # noqa: E402
-from dataclasses import asdict, dataclass, field  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-import torch  # noqa: E402
-from transformers import GenerationConfig, HfArgumentParser  # noqa: E402
-
-from train_throughput import (  # noqa: E402
+import atomic_io
+from train_throughput import (
     DTYPES, RESULTS, build_config, build_models, environment, max_logit_diff, parse_models, print_table,
-    resolve_device, resolve_dtype, write_json,
+    resolve_device, resolve_dtype,
 )
 
 
@@ -125,7 +119,7 @@ def main(argv: list[str] | None = None) -> dict:
         "max_logit_diff": logit_diff, "results": rows,
     }
     output = Path(args.output) if args.output else RESULTS / f"generate_{device.type}_{args.preset}.json"
-    write_json(output, result)
+    atomic_io.write_json(output, result, indent=2)
 
     print(f"{result['device']} | {args.preset} L={config.n_layer} C={config.n_embd} | {dtype} | "
           f"prompt {args.prompt_len} + {args.new_tokens} new tokens, greedy, KV cache")

@@ -11,28 +11,21 @@ one process. Prints a table and writes JSON (tokens/s, step time, MFU, peak memo
         --batch_size 4 --threads 1 --output bench/results/train_cpu_small.json
 """
 
-import os
+import contextlib
+import subprocess
 import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
-# bench/tokenize.py shadows the standard library's `tokenize`: search bench/ last instead of first
-_HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _HERE] + [_HERE]
+import torch
+import transformers
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from transformers import HfArgumentParser
 
-import contextlib  # noqa: E402
-import json  # noqa: E402
-import subprocess  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-from dataclasses import asdict, dataclass, field  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-import torch  # noqa: E402
-import transformers  # noqa: E402
-from torch.nn.attention import SDPBackend, sdpa_kernel  # noqa: E402
-from transformers import HfArgumentParser  # noqa: E402
-
-from modeling_gpt import GPTConfig, GPTForCausalLM  # noqa: E402
-from modeling_gpt.flops import flops_per_token, matmul_params, peak_tflops  # noqa: E402
+import atomic_io
+from modeling_gpt import GPTConfig, GPTForCausalLM
+from modeling_gpt.flops import flops_per_token, matmul_params, peak_tflops
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -211,16 +204,6 @@ def environment(device: torch.device) -> dict:
             "transformers": transformers.__version__, "python": sys.version.split()[0]}
 
 
-def write_json(path: Path, payload: dict):
-    """Atomic write: a temp file in the same folder, then os.replace."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(payload, f, indent=2)
-        f.write("\n")
-    os.replace(tmp, path)
-
-
 def print_table(rows: list[dict], columns: list[tuple[str, str, str]]):
     """columns: (key, header, format spec); None prints as '-'."""
     cells = [[h for _, h, _ in columns]]
@@ -296,7 +279,7 @@ def main(argv: list[str] | None = None) -> dict:
         "max_logit_diff": logit_diff, "results": rows, "ratio_ours_vs_transformers": ratio,
     }
     output = Path(args.output) if args.output else RESULTS / f"train_{device.type}_{args.preset}.json"
-    write_json(output, result)
+    atomic_io.write_json(output, result, indent=2)
 
     print(f"{result['device']} | {args.preset} L={config.n_layer} C={config.n_embd} | B={args.batch_size} "
           f"T={args.seq_len} | {dtype} | compile={compile_model} | sdpa={args.sdpa_backend}")

@@ -3,6 +3,8 @@
 import json
 from pathlib import Path
 
+import atomic_io
+
 # HellaSwag acc_norm of the published models, build-nanogpt scoring (the lines its plots draw)
 REFERENCES = {"GPT-2 124M": 0.2955, "GPT-3 125M": 0.337}
 
@@ -70,9 +72,8 @@ def plot_runs(runs, output_dir) -> list[Path]:
 def _save(fig, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
-    tmp = path.with_name(f".{path.name}.tmp.png")  # atomic: a reader never sees half a PNG
     fig.tight_layout()
-    fig.savefig(tmp, dpi=120)
+    with atomic_io.atomic_path(path) as tmp:  # a reader never sees half a PNG
+        fig.savefig(tmp, dpi=120, format="png")
     plt.close(fig)
-    tmp.replace(path)
     return path

@@ -1,10 +1,10 @@
 """Results: the terminal table and the JSON file push_to_hub.py turns into a model card's model-index."""
 
-import os
-import tempfile
 from pathlib import Path
 
 import evaluate
+
+import atomic_io
 
 from .data import HUB_DATASETS
 
@@ -50,18 +50,11 @@ def save_results(results: dict, path, model_name=None, scoring: str = "harness",
     `json.load(f)["results"]["hellaswag"]["acc_norm"]` is the HellaSwag acc_norm.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".json")
-    os.close(fd)
-    try:
+    with atomic_io.atomic_path(path) as tmp:
         evaluate.save(
             tmp, results=results, entries=result_entries(results, model_name, scoring),
             model=model_name, scoring=scoring, config=config or {},
         )
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
     return path
 
 

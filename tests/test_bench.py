@@ -5,7 +5,7 @@ Speed itself is never asserted here; what is: both models hold the same weights 
 JSON each script writes.
 """
 
-import importlib.util
+import importlib.machinery
 import json
 import subprocess
 import sys
@@ -21,16 +21,10 @@ REPO = Path(__file__).resolve().parents[1]
 BENCH = REPO / "bench"
 TINY = ["--n_layer", "2", "--n_embd", "64", "--n_head", "4", "--vocab_size", "512", "--threads", "2"]
 
-
-def load(name: str):
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-tt = load("train_throughput")
-gen = load("generate")
+# the scripts import each other as they do when run from bench/ (Python puts a script's folder first on the path)
+sys.path.insert(0, str(BENCH))
+import generate as gen  # noqa: E402
+import train_throughput as tt  # noqa: E402
 
 
 def tiny_config(preset: str) -> GPTConfig:
@@ -101,8 +95,15 @@ def test_generate_runs_both_models_to_the_same_tokens(tmp_path, capsys):
     assert "same tokens" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("script", sorted(p.name for p in BENCH.glob("*.py")))
+def test_no_script_shadows_a_module_it_may_import(script):
+    # run from bench/, a script named like a module (tokenize, eval) would be imported in its place
+    stem = script.removesuffix(".py")
+    elsewhere = [p for p in sys.path if Path(p or ".").resolve() != BENCH]
+    assert stem not in sys.stdlib_module_names and importlib.machinery.PathFinder.find_spec(stem, elsewhere) is None, script
+
+
 def test_scripts_run_from_the_command_line(tmp_path):
-    # bench/ holds a tokenize.py: running a script from there must still import the standard library's
     out = tmp_path / "generate.json"
     cmd = [sys.executable, str(BENCH / "generate.py"), "--preset", "tiny", "--vocab_size", "512", "--models", "ours",
            "--batch_sizes", "1", "--prompt_len", "4", "--new_tokens", "2", "--rounds", "1", "--output", str(out)]

@@ -1,7 +1,7 @@
 """HellaSwag evaluation speed (items per second) through eval.run_tasks.
 
-  python bench/eval.py                  # CPU: tiny model on 200 items, GPT-2 124M (random init) on 40 items
-  python bench/eval.py --device cuda    # GPU: full HellaSwag (10,042 items) on GPT-2 124M, bfloat16
+  python bench/bench_eval.py                  # CPU: tiny model on 200 items, GPT-2 124M (random init) on 40 items
+  python bench/bench_eval.py --device cuda    # GPU: full HellaSwag (10,042 items) on GPT-2 124M, bfloat16
 
 --models takes presets (tiny, gpt2: GPTForCausalLM with random weights of the right shape; the speed
 does not depend on the weights) or model folders / Hub ids (then acc and acc_norm mean something).
@@ -9,25 +9,20 @@ Prints a table and writes bench/results/eval_<device>.json.
 """
 
 import os
+import platform
 import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
 
-# run as `python bench/eval.py`, Python puts bench/ first on the path: there `import eval` would find this
-# file, and bench/tokenize.py would shadow the standard library. The repository root goes there instead.
-sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+import torch
+from transformers import AutoModelForCausalLM, HfArgumentParser
 
-import json  # noqa: E402
-import platform  # noqa: E402
-import time  # noqa: E402
-from dataclasses import dataclass, field  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Optional  # noqa: E402
-
-import torch  # noqa: E402
-from transformers import AutoModelForCausalLM, HfArgumentParser  # noqa: E402
-
-from eval import run_tasks  # noqa: E402
-from modeling_gpt import GPTConfig, GPTForCausalLM  # noqa: E402
-from modeling_gpt.tokenizer import gpt2_tokenizer  # noqa: E402
+import atomic_io
+from eval import run_tasks
+from modeling_gpt import GPTConfig, GPTForCausalLM
+from modeling_gpt.tokenizer import gpt2_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -94,12 +89,9 @@ def main(argv=None):
         print("  ".join(c.rjust(w) for c, w in zip(cells, widths)))
 
     out = Path(args.output or REPO / "bench" / "results" / f"eval_{'gpu' if on_gpu else 'cpu'}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
     report = {"device": args.device, "device_name": device_name, "threads": torch.get_num_threads(),
-              "torch": torch.__version__, "command": "python bench/eval.py " + " ".join(argv or sys.argv[1:]), "rows": rows}
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(json.dumps(report, indent=2) + "\n")
-    os.replace(tmp, out)
+              "torch": torch.__version__, "command": "python bench/bench_eval.py " + " ".join(argv or sys.argv[1:]), "rows": rows}
+    atomic_io.write_json(out, report, indent=2)
     print(f"wrote {out}")
 
 

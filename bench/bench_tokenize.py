@@ -1,6 +1,6 @@
 """Tokenization throughput: tokenize_fineweb.py end to end against single-process tiktoken.
 
-    python bench/tokenize.py                   # ~50 MB of text, best of 5, writes bench/results/tokenize_cpu.json
+    python bench/bench_tokenize.py                   # ~50 MB of text, best of 5, writes bench/results/tokenize_cpu.json
 
 The text is the local FineWeb-Edu stand-in (../shared/data/fineweb-edu-mini) repeated to ~50 MB and
 written as one parquet file. Rows:
@@ -13,20 +13,15 @@ Each configuration runs --repeats times, interleaved with the baseline, and the 
 other work on a shared machine only ever makes a run slower.
 """
 
+import argparse
 import os
+import platform
+import shutil
+import subprocess
 import sys
-
-# this file shadows the standard library's `tokenize` for anything imported from bench/: drop bench/ from the path
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(os.path.abspath(__file__))]
-
-import argparse  # noqa: E402
-import json  # noqa: E402
-import platform  # noqa: E402
-import shutil  # noqa: E402
-import subprocess  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
+import tempfile
+import time
+from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
@@ -37,9 +32,8 @@ import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 import tiktoken  # noqa: E402
 
-sys.path.insert(0, str(REPO))
+import atomic_io  # noqa: E402
 from tokenize_fineweb import TokenizeArguments, run  # noqa: E402
-
 
 def make_corpus(folder: Path, target_mb: float) -> tuple[Path, list[str]]:
     files = sorted((SHARED / "fineweb-edu-mini" / "sample" / "10BT").glob("*.parquet"))
@@ -128,8 +122,7 @@ def main():
                    "cores_busy": None if cpu is None else round(cpu, 3), "speedup_vs_baseline": round(best / seconds, 3)}
                   for name, threads, seconds, cpu in rows],
     }
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.output).write_text(json.dumps(report, indent=2) + "\n")
+    atomic_io.write_json(args.output, report, indent=2)
     print(f"\nwrote {args.output}")
 
 
