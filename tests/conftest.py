@@ -1,3 +1,4 @@
+import configparser
 import os
 import subprocess
 import sys
@@ -24,9 +25,18 @@ def model_dir(tmp_path_factory):
     return folder
 
 
-# The project's own top-level modules: a process that must prove it runs without the project refuses them all,
-# whatever way the project was installed (an editable install maps them through an import hook, not sys.path).
-PROJECT_MODULES = ("modeling_gpt", "eval", "train_accelerate", "tokenize_fineweb", "push_to_hub", "token_shards")
+
+def project_modules() -> tuple[str, ...]:
+    """The project's own top-level packages and modules, as setup.cfg installs them."""
+    setup = configparser.ConfigParser()
+    setup.read(Path(__file__).resolve().parents[1] / "setup.cfg")
+    names = setup["options"]["packages"] + "," + setup["options"]["py_modules"]
+    return tuple(name.strip() for name in names.split(",") if name.strip())
+
+
+# A process that must prove it runs without the project refuses all of the project's modules, whatever way the
+# project was installed (an editable install maps them through an import hook, not through sys.path).
+PROJECT_MODULES = project_modules()
 NO_PROJECT = f"""
 import sys
 class NoProject:
