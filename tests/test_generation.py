@@ -24,9 +24,9 @@ ATOL = 1e-4
 def tiny(preset="tiny", seed=0, **overrides):
     torch.manual_seed(seed)
     # a wide init makes every logit depend strongly on the context, so a lost context shows in the numbers
-    config = GPTConfig.from_preset(preset, vocab_size=VOCAB, n_layer=2, n_embd=64, n_head=4, n_positions=128,
-                                   initializer_range=0.2, bos_token_id=VOCAB - 1, eos_token_id=VOCAB - 1,
-                                   pad_token_id=PAD, **overrides)
+    fields = dict(vocab_size=VOCAB, n_layer=2, n_embd=64, n_head=4, n_positions=128, initializer_range=0.2,
+                  bos_token_id=VOCAB - 1, eos_token_id=VOCAB - 1, pad_token_id=PAD)
+    config = GPTConfig.from_preset(preset, **{**fields, **overrides})
     return GPTForCausalLM(config).eval()
 
 
@@ -163,13 +163,10 @@ def test_generation_equals_the_native_model_step_by_step(preset, native_class, a
 
 def test_pipeline_continues_with_the_uncached_argmax(model_dir):
     """The pipeline's greedy text, checked against a loop of full uncached forwards (no cache anywhere)."""
-    model = GPTForCausalLM.from_pretrained(model_dir).eval()
-    with torch.no_grad():  # a context-sensitive model, as in the tests above
-        for p in model.parameters():
-            p.mul_(10.0)
+    model = tiny(vocab_size=50257, bos_token_id=50256, eos_token_id=50256)  # GPT-2's vocabulary, context-sensitive
     generator = pipeline("text-generation", model=model, tokenizer=str(model_dir))
     prompt = "The meaning of life is"
-    text = generator(prompt, max_new_tokens=8, do_sample=False)[0]["generated_text"]
+    text = generator(prompt, max_new_tokens=8, min_new_tokens=8, do_sample=False)[0]["generated_text"]
     ids = generator.tokenizer(prompt, return_tensors="pt").input_ids
     for _ in range(8):
         with torch.no_grad():
@@ -195,7 +192,7 @@ def test_our_code_triggers_no_deprecation(model_dir, capfd):
     assert not [m for m in messages if "deprecat" in m.lower()]
 
 
-def test_checks_see_a_dropped_cache(monkeypatch):
+def test_checks_see_a_dropped_cache(monkeypatch, model_dir):
     """transformers 5.24's failure mode (a cache that never reaches the model) fails the checks above."""
     monkeypatch.setattr(modeling, "either_cache", lambda cache, past_key_values: None)
     failing = [
@@ -206,6 +203,7 @@ def test_checks_see_a_dropped_cache(monkeypatch):
         lambda: test_assisted_generation_matches_uncached_forward("tiny"),
         lambda: test_inputs_embeds_generation_matches_uncached_forward("tiny"),
         lambda: test_generation_equals_the_native_model_step_by_step("tiny", "GPT2LMHeadModel", "sdpa"),
+        lambda: test_pipeline_continues_with_the_uncached_argmax(model_dir),
     ]
     for check in failing:
         with pytest.raises(AssertionError):
