@@ -3,7 +3,17 @@
 Shipped to the Hub as remote code: imports nothing but transformers and the standard library.
 """
 
+import transformers
 from transformers import PretrainedConfig
+
+# The oldest release these files run on (they ship as remote code and run on whatever release a user has).
+MIN_TRANSFORMERS = (5, 4)
+if tuple(int(part) for part in transformers.__version__.split(".")[:2]) < MIN_TRANSFORMERS:
+    raise ImportError(
+        f"this GPT's code needs transformers>={'.'.join(map(str, MIN_TRANSFORMERS))}, found {transformers.__version__}: "
+        "upgrade with `pip install -U transformers`, or use the model's native export (`gpt-push --native`: "
+        "transformers' own GPT2LMHeadModel / LlamaForCausalLM), which loads on every release"
+    )
 
 NORMS = ("layernorm", "rmsnorm")
 MLPS = ("gelu", "swiglu")
@@ -47,7 +57,7 @@ class GPTConfig(PretrainedConfig):
     """
 
     model_type = "gpt"
-    keys_to_ignore_at_inference = ["past_key_values"]
+    keys_to_ignore_at_inference = ["cache", "past_key_values"]  # the KV cache under both its names
     attribute_map = {
         "hidden_size": "n_embd",
         "num_hidden_layers": "n_layer",
@@ -115,7 +125,8 @@ class GPTConfig(PretrainedConfig):
         return self.n_embd // self.n_head
 
     def validate(self):
-        """Raise ValueError naming the bad field and what is allowed."""
+        """Our checks (ValueError naming the bad field and what is allowed), then transformers' own where the
+        installed release has them."""
         choices = {"norm": NORMS, "mlp": MLPS, "position_embedding": POSITION_EMBEDDINGS}
         for field, allowed in choices.items():
             if getattr(self, field) not in allowed:
@@ -141,6 +152,16 @@ class GPTConfig(PretrainedConfig):
             raise ValueError(f"layer_norm_epsilon={self.layer_norm_epsilon!r} must be > 0")
         if self.rope_theta <= 0:
             raise ValueError(f"rope_theta={self.rope_theta!r} must be > 0")
+        for field in ("bos_token_id", "eos_token_id", "pad_token_id"):
+            value = getattr(self, field)
+            for token_id in value if isinstance(value, (list, tuple)) else [value]:
+                if token_id is not None and not (isinstance(token_id, int) and 0 <= token_id < self.vocab_size):
+                    raise ValueError(
+                        f"{field}={value!r} is outside the vocabulary: use None or ids in [0, {self.vocab_size - 1}]"
+                    )
+        base_validate = getattr(super(), "validate", None)
+        if base_validate is not None:
+            base_validate()
 
     @classmethod
     def from_preset(cls, name: str, **overrides) -> "GPTConfig":

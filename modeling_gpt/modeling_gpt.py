@@ -19,6 +19,17 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from .configuration_gpt import GPTConfig
 
+# transformers 5.24 renamed the KV cache from `past_key_values` to `cache` (in forward, outputs and masks). This file
+# runs as remote code on whatever release a user has: it takes the cache under either name and passes it on under
+# the name of the installed release, so that no release sees a deprecated name or a cache it does not read.
+CACHE = "cache" if "cache" in BaseModelOutputWithPast.__dataclass_fields__ else "past_key_values"
+
+
+def either_cache(cache, past_key_values):
+    if cache is not None and past_key_values is not None:
+        raise ValueError("pass the KV cache as `cache` or as `past_key_values`, not both")
+    return cache if cache is not None else past_key_values
+
 
 def eager_attention_forward(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
     """Plain softmax attention, the reference the fused kernels are checked against."""
@@ -94,14 +105,14 @@ class GPTAttention(nn.Module):
         self.c_proj.is_residual_projection = True
         self.resid_dropout = nn.Dropout(config.dropout)
 
-    def forward(self, hidden_states, attention_mask=None, position_embeddings=None, past_key_values=None, **kwargs):
+    def forward(self, hidden_states, attention_mask=None, position_embeddings=None, cache=None, **kwargs):
         B, T, C = hidden_states.shape
         q, k, v = self.c_attn(hidden_states).view(B, T, 3, self.config.n_head, self.head_dim).unbind(2)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, nh, T, hs)
         if position_embeddings is not None:
             q, k = apply_rotary(q, k, *position_embeddings)
-        if past_key_values is not None:
-            k, v = past_key_values.update(k, v, self.layer_idx)  # (B, nh, S, hs) with S = past + T
+        if cache is not None:
+            k, v = cache.update(k, v, self.layer_idx)  # (B, nh, S, hs) with S = past + T
 
         attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
             self.config._attn_implementation, eager_attention_forward
@@ -143,13 +154,15 @@ class GPTBlock(GradientCheckpointingLayer):
         self.ln_2 = make_norm(config)
         self.mlp = GPTMLP(config)
 
-    def forward(self, hidden_states, attention_mask=None, position_embeddings=None, past_key_values=None, **kwargs):
-        attn_out, _ = self.attn(
-            self.ln_1(hidden_states), attention_mask=attention_mask,
-            position_embeddings=position_embeddings, past_key_values=past_key_values, **kwargs,
+    # the cache arrives under the installed release's name: GradientCheckpointingLayer drops it by that name
+    def forward(self, hidden_states, attention_mask=None, position_embeddings=None, cache=None, past_key_values=None,
+                **kwargs):
+        attn_out, att = self.attn(
+            self.ln_1(hidden_states), attention_mask=attention_mask, position_embeddings=position_embeddings,
+            cache=either_cache(cache, past_key_values), **kwargs,
         )
         hidden_states = hidden_states + attn_out
-        return hidden_states + self.mlp(self.ln_2(hidden_states))
+        return hidden_states + self.mlp(self.ln_2(hidden_states)), att
 
 
 class GPTPreTrainedModel(PreTrainedModel):
@@ -158,7 +171,7 @@ class GPTPreTrainedModel(PreTrainedModel):
     base_model_prefix = "transformer"
     supports_gradient_checkpointing = True
     _no_split_modules = ["GPTBlock"]
-    _skip_keys_device_placement = ["past_key_values"]
+    _skip_keys_device_placement = ["cache", "past_key_values"]
     _supports_sdpa = True
     _supports_flash_attn = True
     _supports_flex_attn = True
@@ -183,6 +196,20 @@ class GPTPreTrainedModel(PreTrainedModel):
                 init.zeros_(module.bias)
         elif isinstance(module, GPTRotaryEmbedding):
             init.copy_(module.inv_freq, module.compute_inv_freq())
+
+    def resize_token_embeddings(self, new_num_tokens=None, pad_to_multiple_of=None, mean_resizing=True):
+        """Resize to `new_num_tokens` real tokens; the stored rows stay padded (to `pad_to_multiple_of`, by default
+        the config's multiple), and `config.vocab_size` keeps counting the real tokens only."""
+        if new_num_tokens is None:
+            return self.get_input_embeddings()
+        multiple = pad_to_multiple_of or self.config.pad_vocab_size_multiple
+        embeddings = super().resize_token_embeddings(new_num_tokens, multiple, mean_resizing)
+        self.config.vocab_size, self.config.pad_vocab_size_multiple = new_num_tokens, multiple
+        return embeddings
+
+    def as_requested(self, output, return_dict: bool | None):
+        """The output object, or its tuple of non-None fields when `return_dict=False` (argument or config)."""
+        return output if (self.config.return_dict if return_dict is None else return_dict) else output.to_tuple()
 
 
 class GPTModel(GPTPreTrainedModel):
@@ -210,34 +237,48 @@ class GPTModel(GPTPreTrainedModel):
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         use_cache: bool | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        past_key_values: Cache | None = None,
         **kwargs,
-    ) -> BaseModelOutputWithPast:
+    ) -> BaseModelOutputWithPast | tuple:
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids or inputs_embeds")
+        cache = either_cache(cache, past_key_values)
+        output_attentions = self.config.output_attentions if output_attentions is None else output_attentions
+        output_hidden_states = self.config.output_hidden_states if output_hidden_states is None else output_hidden_states
+        if output_attentions and self.config._attn_implementation != "eager":
+            raise ValueError(
+                f"output_attentions=True needs the eager attention, not {self.config._attn_implementation!r} (whose "
+                "kernels never materialise the probabilities): call model.set_attn_implementation('eager') first"
+            )
         if inputs_embeds is None:
             inputs_embeds = self.wte(input_ids)  # (B, T, C)
         if use_cache is None:  # a cache only helps inference: training never pays for one unless asked
             use_cache = self.config.use_cache and not self.training
-        if use_cache and past_key_values is None:
-            past_key_values = DynamicCache(config=self.config)
-        past = past_key_values.get_seq_length() if past_key_values is not None else 0
-        # checked on shapes, not on position values: reading a tensor here would sync the GPU every step
-        if past + inputs_embeds.shape[1] > self.config.n_positions and self.config.position_embedding == "learned":
+        if not use_cache:
+            cache = None
+        elif cache is None:
+            cache = DynamicCache(config=self.config)
+        past = cache.get_seq_length() if cache is not None else 0
+        # checked on shapes, not on position values: reading a tensor here would sync the GPU every step (and a
+        # static cache, whose length is a tensor, is sized by generate() and compiled: it is left to its own bounds)
+        if (self.config.position_embedding == "learned" and isinstance(past, int)
+                and past + inputs_embeds.shape[1] > self.config.n_positions):
             raise ValueError(
-                f"{past + inputs_embeds.shape[1]} tokens (cache included) exceed n_positions={self.config.n_positions}"
+                f"{past + inputs_embeds.shape[1]} tokens (cache included) exceed the model's n_positions="
+                f"{self.config.n_positions}: shorten the input or max_new_tokens"
             )
         if position_ids is None:
-            position_ids = torch.arange(past, past + inputs_embeds.shape[1], device=inputs_embeds.device)[None]
+            position_ids = (torch.arange(inputs_embeds.shape[1], device=inputs_embeds.device) + past)[None]
 
         mask = create_causal_mask(
-            config=self.config,
-            inputs_embeds=inputs_embeds,
-            attention_mask=attention_mask,
-            past_key_values=past_key_values,
-            position_ids=position_ids,
+            config=self.config, inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids,
+            **{CACHE: cache},
         )
         x = inputs_embeds
         position_embeddings = None
@@ -246,12 +287,20 @@ class GPTModel(GPTPreTrainedModel):
         else:
             position_embeddings = self.rotary_emb(x, position_ids)
         x = self.drop(x)
+        hidden_states, attentions = [], []
         for block in self.h:
-            x = block(
-                x, attention_mask=mask, position_embeddings=position_embeddings,
-                past_key_values=past_key_values if use_cache else None, **kwargs,
-            )
-        return BaseModelOutputWithPast(last_hidden_state=self.ln_f(x), past_key_values=past_key_values if use_cache else None)
+            hidden_states.append(x)
+            x, att = block(x, attention_mask=mask, position_embeddings=position_embeddings, **{CACHE: cache}, **kwargs)
+            attentions.append(att)
+        x = self.ln_f(x)
+        hidden_states.append(x)  # the last entry is the final, normalised state, as in transformers' own models
+        out = BaseModelOutputWithPast(
+            last_hidden_state=x,
+            hidden_states=tuple(hidden_states) if output_hidden_states else None,
+            attentions=tuple(attentions) if output_attentions else None,
+            **{CACHE: cache},
+        )
+        return self.as_requested(out, return_dict)
 
 
 class GPTForCausalLM(GPTPreTrainedModel, GenerationMixin):
@@ -274,33 +323,36 @@ class GPTForCausalLM(GPTPreTrainedModel, GenerationMixin):
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        past_key_values: Cache | None = None,
         **kwargs,
-    ) -> CausalLMOutputWithPast:
+    ) -> CausalLMOutputWithPast | tuple:
         out = self.transformer(
             input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-            past_key_values=past_key_values, inputs_embeds=inputs_embeds, use_cache=use_cache, **kwargs,
+            cache=either_cache(cache, past_key_values), inputs_embeds=inputs_embeds, use_cache=use_cache,
+            output_attentions=output_attentions, output_hidden_states=output_hidden_states, return_dict=True, **kwargs,
         )
         keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
-        h = out.last_hidden_state[:, keep, :]
+        logits = self.lm_head(out.last_hidden_state[:, keep, :])  # (B, T, padded_vocab_size)
         loss = None
-        if labels is None:
-            logits = self.lm_head(h)  # (B, T, padded_vocab_size)
-        else:
-            # -inf on the padded columns lets the loss read the contiguous padded logits: no copy of a
-            # sliced (B, T, V) tensor forward, no zero-filled padded gradient backward, and still no
-            # probability mass on the padded ids
-            pad = h.new_zeros(self.config.padded_vocab_size)
-            pad[self.config.vocab_size :] = float("-inf")
-            logits = F.linear(h, self.lm_head.weight, pad)
+        if labels is not None:
+            # -inf on the padded columns lets the loss read the contiguous padded logits: no copy of a sliced
+            # (B, T, V) tensor forward or backward, and still no probability mass on the padded ids
+            logits[..., self.config.vocab_size :] = float("-inf")
             loss = self.loss_function(logits=logits, labels=labels, vocab_size=logits.shape[-1], **kwargs)
         # the padded vocabulary rows exist only for speed: they are never returned, scored or sampled
-        logits = logits[..., : self.config.vocab_size]  # (B, T, vocab_size)
-        return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=out.past_key_values)
+        result = CausalLMOutputWithPast(
+            loss=loss, logits=logits[..., : self.config.vocab_size], hidden_states=out.hidden_states,
+            attentions=out.attentions, **{CACHE: getattr(out, CACHE)},
+        )
+        return self.as_requested(result, return_dict)
 
     def to_hf_native(self):
         """The same weights as transformers' own GPT2LMHeadModel (classic) or LlamaForCausalLM (modern)."""

@@ -1,3 +1,7 @@
+import configparser
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -19,6 +23,43 @@ def model_dir(tmp_path_factory):
     GPTForCausalLM(GPTConfig.from_preset("tiny")).save_pretrained(folder)
     gpt2_tokenizer(SHARED / "gpt2-tokenizer").save_pretrained(folder)
     return folder
+
+
+
+def project_modules() -> tuple[str, ...]:
+    """The project's own top-level packages and modules, as setup.cfg installs them."""
+    setup = configparser.ConfigParser()
+    setup.read(Path(__file__).resolve().parents[1] / "setup.cfg")
+    names = setup["options"]["packages"] + "," + setup["options"]["py_modules"]
+    return tuple(name.strip() for name in names.split(",") if name.strip())
+
+
+# A process that must prove it runs without the project refuses all of the project's modules, whatever way the
+# project was installed (an editable install maps them through an import hook, not through sys.path).
+PROJECT_MODULES = project_modules()
+NO_PROJECT = f"""
+import sys
+class NoProject:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in {PROJECT_MODULES!r}:
+            raise ModuleNotFoundError(f"{{name}} belongs to the project, which this process must not import")
+sys.meta_path.insert(0, NoProject())
+"""
+
+
+@pytest.fixture
+def run_without_project(tmp_path):
+    """Run a Python script in a fresh process that cannot import the project, offline, in an empty folder."""
+
+    def run(script: str, *args: str, timeout: int = 180) -> subprocess.CompletedProcess:
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+        env.update(HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "modules"))
+        cwd = tmp_path / "elsewhere"
+        cwd.mkdir(exist_ok=True)
+        return subprocess.run([sys.executable, "-c", NO_PROJECT + script, *args], cwd=cwd, env=env,
+                              stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout)
+
+    return run
 
 
 @pytest.fixture

@@ -69,7 +69,7 @@ def test_train_throughput_runs_both_models_on_the_same_weights(tmp_path, capsys,
     assert ours["first_loss"] == pytest.approx(theirs["first_loss"], abs=tol)
     assert ours["last_loss"] == pytest.approx(theirs["last_loss"], abs=tol)
     assert ours["last_loss"] < ours["first_loss"]
-    fpt = tt.flops_per_token(GPTConfig.from_preset(preset, n_layer=2, n_embd=64, n_head=4, vocab_size=512), 32)
+    fpt = tt.flops_per_token(GPTConfig.from_preset(preset, n_layer=2, n_embd=64, n_head=4, vocab_size=512, bos_token_id=0, eos_token_id=0), 32)
     assert result["flops_per_token"] == fpt
     for row in (ours, theirs):
         assert row["mfu"] == pytest.approx(row["tokens_per_s"] * fpt / 1e12)

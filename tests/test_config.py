@@ -23,7 +23,7 @@ def test_modern_preset():
 
 def test_presets_and_overrides():
     assert set(PRESETS) == {"gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl", "gpt2.5", "tiny"}
-    config = GPTConfig.from_preset("tiny", n_layer=3, vocab_size=1000)
+    config = GPTConfig.from_preset("tiny", n_layer=3, vocab_size=1000, bos_token_id=999, eos_token_id=999)
     assert (config.n_layer, config.n_embd, config.vocab_size, config.padded_vocab_size) == (3, 64, 1000, 1024)
     assert GPTConfig.from_preset("gpt2-xl").n_embd == 1600
     with pytest.raises(ValueError, match="unknown preset 'gpt3'.*gpt2-medium"):
@@ -62,7 +62,7 @@ def test_config_round_trip(tmp_path):
 
 
 def test_gpt2_initialisation_std():
-    config = GPTConfig.from_preset("tiny", n_layer=8, n_embd=256, n_head=4, vocab_size=4096)
+    config = GPTConfig.from_preset("tiny", n_layer=8, n_embd=256, n_head=4, vocab_size=4096, bos_token_id=0, eos_token_id=0)
     torch.manual_seed(0)
     model = GPTForCausalLM(config)
     residual = 0.02 / (2 * config.n_layer) ** 0.5

@@ -18,7 +18,7 @@ def test_flops_per_token_of_gpt2_matches_the_issue_target():
 
 @pytest.mark.parametrize("preset", ["tiny", "gpt2.5"])
 def test_matmul_params_counts_the_model_linears(preset):
-    config = GPTConfig.from_preset(preset, n_layer=2, n_embd=64, n_head=4, vocab_size=500)
+    config = GPTConfig.from_preset(preset, n_layer=2, n_embd=64, n_head=4, vocab_size=500, bos_token_id=0, eos_token_id=0)
     model = GPTForCausalLM(config)
     blocks = sum(m.weight.numel() for name, m in model.named_modules()
                  if isinstance(m, torch.nn.Linear) and name.startswith("transformer.h."))

@@ -138,13 +138,6 @@ def test_logits_to_keep():
 
 
 @pytest.mark.parametrize("preset", ["tiny", "gpt2.5"])
-def test_cached_generation_equals_uncached(preset):
-    model = tiny(preset)
-    x = batch(2, 6)
-    assert torch.equal(greedy(model, x, 15), greedy(model, x, 15, use_cache=False))
-
-
-@pytest.mark.parametrize("preset", ["tiny", "gpt2.5"])
 @pytest.mark.parametrize("attn", ["eager", "sdpa"])
 def test_left_padded_batch_equals_one_by_one(preset, attn):
     model = tiny(preset)
@@ -154,10 +147,13 @@ def test_left_padded_batch_equals_one_by_one(preset, attn):
     width = max(len(p) for p in prompts)
     ids = torch.stack([F.pad(p, (width - len(p), 0), value=pad) for p in prompts])
     mask = torch.stack([F.pad(torch.ones_like(p), (width - len(p), 0)) for p in prompts])
-    together = model.generate(ids, attention_mask=mask, max_new_tokens=10, do_sample=False, pad_token_id=pad)
-    for row, prompt in zip(together, prompts):
-        alone = greedy(model, prompt[None], 10)[0]
-        assert torch.equal(row[width:], alone[len(prompt):])
+    steps = dict(max_new_tokens=10, do_sample=False, pad_token_id=pad, output_logits=True, return_dict_in_generate=True)
+    together = model.generate(ids, attention_mask=mask, **steps)
+    for i, prompt in enumerate(prompts):
+        alone = model.generate(prompt[None], attention_mask=torch.ones_like(prompt[None]), **steps)
+        assert torch.equal(together.sequences[i, width:], alone.sequences[0, len(prompt):])
+        for step, (a, b) in enumerate(zip(together.logits, alone.logits)):
+            torch.testing.assert_close(a[i], b[0], atol=1e-4, rtol=1e-4, msg=lambda m: f"step {step}: {m}")
 
 
 @pytest.mark.parametrize("preset", ["tiny", "gpt2.5"])
@@ -178,7 +174,8 @@ def test_gradient_checkpointing_gives_the_same_gradients():
     def grads(checkpointing):
         model = tiny("gpt2.5").train()
         if checkpointing:
-            model.activation_checkpointing_enable()
+            # activation_checkpointing_enable since transformers 5.23, gradient_checkpointing_enable before
+            (getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable)()
             assert all(block.gradient_checkpointing for block in model.transformer.h)
         x = batch()
         model(x, labels=x).loss.backward()
@@ -201,5 +198,5 @@ def test_tied_embeddings_share_gradients_and_untied_do_not():
 
 def test_sequence_beyond_context_is_refused():
     model = tiny()
-    with pytest.raises(ValueError, match="129 tokens .cache included. exceed n_positions=128"):
+    with pytest.raises(ValueError, match="129 tokens .cache included. exceed the model.s n_positions=128"):
         model(torch.zeros(1, 129, dtype=torch.long))

@@ -2,11 +2,8 @@
 parses with the run's numbers, checkpoints of every accelerate layout load, bad input is refused."""
 
 import json
-import os
 import re
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import huggingface_hub.constants
@@ -21,7 +18,6 @@ import push_to_hub
 from eval import save_results
 from modeling_gpt import GPTConfig, GPTForCausalLM
 
-ROOT = Path(__file__).resolve().parents[1]
 TEXTS = [
     "The cat sat on the mat and looked at the garden.",
     "In physics, energy is the capacity to do work.",
@@ -128,14 +124,11 @@ def test_folder_contents(exported, run):
 
 
 ISOLATED = """
-import contextlib, importlib.util, io, json, sys
+import contextlib, io, json, sys
 from pathlib import Path
-root = Path(sys.argv[1]).resolve()
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != root]
-assert importlib.util.find_spec("modeling_gpt") is None and importlib.util.find_spec("push_to_hub") is None
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
-job = json.loads(sys.argv[2])
+job = json.loads(sys.argv[1])
 out = {}
 for kind, folder in job["folders"].items():
     remote = kind == "remote"
@@ -162,8 +155,8 @@ def usage_code(folder: Path) -> str:
     return code.replace('"me/tiny-gpt"', repr(str(folder)))
 
 
-def test_loads_and_generates_in_a_process_without_the_project(exported, run, tmp_path):
-    elsewhere = tmp_path / "elsewhere"
+def test_loads_and_generates_in_a_process_without_the_project(exported, run, tmp_path, run_without_project):
+    elsewhere = tmp_path / "copies"
     folders = {}
     for kind in ("remote", "native", "llama"):
         shutil.copytree(exported / kind, elsewhere / kind)  # the folder alone, nothing else of the project
@@ -171,10 +164,7 @@ def test_loads_and_generates_in_a_process_without_the_project(exported, run, tmp
     ids = [run["tokenizer"](TEXTS[1]).input_ids]
     job = dict(folders=folders, ids=ids, prompt="The cat sat", result=str(tmp_path / "result.json"),
                snippets={kind: usage_code(Path(f)) for kind, f in folders.items()})
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env.update(HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "modules"))
-    result = subprocess.run([sys.executable, "-c", ISOLATED, str(ROOT), json.dumps(job)], cwd=elsewhere, env=env,
-                            stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=180)
+    result = run_without_project(ISOLATED, json.dumps(job))
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Do you wish to run the custom code" not in result.stdout + result.stderr  # nothing asks the user
     out = json.loads((tmp_path / "result.json").read_text())

@@ -108,7 +108,7 @@ def test_lr_schedule_endpoints():
 
 
 def test_weight_decay_groups():
-    model = GPTForCausalLM(GPTConfig.from_preset("tiny", vocab_size=256))
+    model = GPTForCausalLM(GPTConfig.from_preset("tiny", vocab_size=256, bos_token_id=0, eos_token_id=0))
     decay, no_decay = ta.param_groups(model, 0.1)
     assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
     names = {id(p): n for n, p in model.named_parameters()}
