@@ -8,7 +8,8 @@
   drops it when its holder dies, so a killed run leaves no stale lock.
 - `check_pickles`: the one weights-only path for the pickled metadata of torch.distributed.checkpoint
   folders (FSDP sharded checkpoints): anything but the plain metadata classes is refused, never run.
-- `nonfinite_weights`: the names of parameters holding NaN or inf, checked before anything is saved.
+- `check_safetensors`: a truncated weights file named as such; `nonfinite_weights`: the names of parameters
+  holding NaN or inf, checked before anything is saved or published.
 """
 
 import errno
@@ -191,6 +192,20 @@ def check_pickles(folder) -> list[Path]:
 
 
 # ---------------------------------------------------------------------------------------------- weights
+
+
+def check_safetensors(path):
+    """Every .safetensors file at path (a file or a folder) has a whole header: a truncated or damaged one is named,
+    instead of surfacing as a loader's confusing error (e.g. a missing pytorch_model.bin)."""
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(path)
+    for file in sorted(path.glob("*.safetensors")) if path.is_dir() else [path]:
+        try:
+            with safe_open(file, "pt"):
+                pass
+        except SafetensorError as err:
+            raise UserError(f"{file} is damaged ({err}): copy it again or use another checkpoint") from None
 
 
 def nonfinite_weights(named_tensors) -> list[str]:

@@ -25,7 +25,7 @@ from huggingface_hub.utils import validate_repo_id
 from transformers import GenerationConfig
 
 import atomic_io
-from cli_guard import RunError, check_pickles, nonfinite_weights, run_cli
+from cli_guard import RunError, check_pickles, check_safetensors, nonfinite_weights, run_cli
 from modeling_gpt import GPTConfig, GPTForCausalLM
 from modeling_gpt.tokenizer import gpt2_tokenizer
 
@@ -101,21 +101,10 @@ def _read_metrics(run_dir: Path | None, max_step: int | None) -> list[dict]:
     return [r for r in rows if max_step is None or r.get("step", 0) <= max_step]
 
 
-def _check_safetensors(path: Path):
-    """A truncated or damaged weights file named as such (its header is checked against its size)."""
-    from safetensors import SafetensorError, safe_open
-
-    try:
-        with safe_open(path, "pt"):
-            pass
-    except SafetensorError as err:
-        raise ValueError(f"{path} is damaged ({err}): copy it again or use another checkpoint") from None
-
-
 def _read_safetensors(path: Path) -> dict:
     from safetensors.torch import load_file
 
-    _check_safetensors(path)
+    check_safetensors(path)
     return load_file(path)
 
 
@@ -229,8 +218,7 @@ def load_source(checkpoint, tokenizer=None) -> Source:
         model_type = _read_json(path / "config.json").get("model_type")
         if model_type != GPTConfig.model_type:
             raise ValueError(f"{path}/config.json has model_type {model_type!r}; gpt-push publishes this project's 'gpt' models")
-        for weights in path.glob("*.safetensors"):
-            _check_safetensors(weights)  # a damaged file is named, not reported as a missing pytorch_model.bin
+        check_safetensors(path)  # a damaged file is named, not reported as a missing pytorch_model.bin
         model = GPTForCausalLM.from_pretrained(path, dtype="auto")
         state = _latest_trainer_state(run_dir)  # the run's checkpoints know the arguments, hardware and time
         max_step = None

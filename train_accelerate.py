@@ -33,7 +33,8 @@ from transformers import AutoConfig, GenerationConfig, HfArgumentParser
 
 import atomic_io
 import token_shards
-from cli_guard import FolderLock, RunError, UserError, check_pickles, nonfinite_weights, run_cli
+from cli_guard import (FolderLock, RunError, UserError, check_pickles, check_safetensors, nonfinite_weights,
+                       run_cli)
 from eval import mean_loss, run_tasks
 from modeling_gpt import PRESETS, GPTConfig, GPTForCausalLM
 from modeling_gpt.flops import flops_per_token, peak_tflops
@@ -566,15 +567,12 @@ def checkpoint_damage(path: Path, world_size: int) -> Optional[str]:
 
     Every file is opened the way it will be loaded: weights-only (no pickle runs code), memory-mapped (cheap)."""
     from accelerate.utils.other import load as load_weights_only  # torch.load(weights_only=True) + numpy RNG states
-    from safetensors import safe_open
 
     try:
         state = json.loads((path / "trainer_state.json").read_text())
         step, _ = state["step"], state["train_loader"]
         check_pickles(path)  # FSDP sharded folders: .metadata is a pickle
-        for file in sorted(path.glob("*.safetensors")):
-            with safe_open(file, "pt"):
-                pass
+        check_safetensors(path)
         for file in sorted(path.glob("*.bin")):
             torch.load(file, map_location="cpu", weights_only=True, mmap=True)
         # accelerate swallows a damaged RNG file and resumes with other dropout masks: check them here

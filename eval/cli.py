@@ -13,7 +13,7 @@ from typing import Optional
 
 from transformers import HfArgumentParser
 
-from cli_guard import run_cli
+from cli_guard import check_safetensors, run_cli
 
 DTYPES = ("float32", "bfloat16", "float16", "auto")
 
@@ -79,6 +79,8 @@ def _load(args: EvalArguments):
         raise ValueError(f"--dtype {args.dtype!r}; accepted: {', '.join(DTYPES)}")
     _check_local(args.model, "--model", ("config.json",), "give a save_pretrained folder, e.g. a run's final/")
     _check_local(args.model, "--model", WEIGHTS, "the weights are missing: copy model.safetensors into it")
+    if Path(args.model).is_dir():
+        check_safetensors(args.model)
     if args.tokenizer is None:
         _check_local(args.model, "--model", TOKENIZER_FILES,
                      "it has no tokenizer: pass --tokenizer with the one the model was trained with")

@@ -33,6 +33,15 @@ def test_model_folder_without_weights_names_the_missing_file(model_dir, tmp_path
     assert "copy model.safetensors into it" in line
 
 
+def test_damaged_weights_are_named(model_dir, tmp_path, refused):
+    shutil.copytree(model_dir, tmp_path / "m")
+    weights = tmp_path / "m" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    line = refused(main, ["--model", str(tmp_path / "m"), "--data-dir", str(DATA), "--limit", "1"])
+    assert line.startswith(f"gpt-eval: error: {weights} is damaged (")
+    assert line.endswith("copy it again or use another checkpoint")
+
+
 def test_model_folder_without_tokenizer_says_to_pass_one(model_dir, tmp_path, refused):
     shutil.copytree(model_dir, tmp_path / "m", ignore=shutil.ignore_patterns("tokenizer*", "vocab.json", "merges.txt"))
     line = refused(main, ["--model", str(tmp_path / "m"), "--data-dir", str(DATA), "--limit", "1"])
