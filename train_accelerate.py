@@ -19,7 +19,7 @@ import platform
 import shutil
 import sys
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Optional, Union, get_args, get_origin, get_type_hints
@@ -480,12 +480,25 @@ def _tensorboard_installed() -> bool:
     return is_tensorboard_available()
 
 
+@contextmanager
+def writing(what: Path, then: str):
+    """A write that fails for lack of space (or any I/O error) ends the run with one line saying how to go on."""
+    from safetensors import SafetensorError
+
+    try:
+        yield
+    except (OSError, RuntimeError, SafetensorError) as err:  # torch.save reports a full disk as "unexpected pos ..."
+        raise RunError(f"could not write {what} ({' '.join(str(err).split())[:200]}); is the disk full? Free space, "
+                       f"then {then}") from None
+
+
 def export_final(accelerator: Accelerator, model, tokenizer, output_dir: Path):
     """output_dir/final: a Hugging Face folder (weights, config, code, tokenizer, generation config)."""
     state_dict = accelerator.get_state_dict(model)  # gathers FSDP shards on the main process
     final = output_dir / "final"
     if accelerator.is_main_process:
-        with atomic_io.atomic_path(final) as tmp:
+        then = "run the same command with --resume_from_checkpoint latest: it exports final/ from the last checkpoint"
+        with writing(final, then), atomic_io.atomic_path(final) as tmp:
             unwrapped = accelerator.unwrap_model(model)
             unwrapped.save_pretrained(tmp, state_dict=state_dict, save_function=accelerator.save)
             tokenizer.save_pretrained(tmp)
@@ -907,11 +920,8 @@ def maybe_save(run: Run, step: int):
         return
     check_weights_finite(run, step)
     tmp = run.checkpoints.temp_path(step)
-    try:
+    with writing(f"checkpoint {tmp}", resume_hint(run)):
         accelerator.save_state(str(tmp))
-    except (OSError, RuntimeError) as err:  # torch.save reports a full disk as a RuntimeError ("unexpected pos ...")
-        raise RunError(f"could not write checkpoint {tmp} ({' '.join(str(err).split())[:200]}); is the disk full? "
-                       f"Free space, then {resume_hint(run)}") from None
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         state = dict(

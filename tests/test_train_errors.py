@@ -228,6 +228,29 @@ def test_a_full_disk_during_a_checkpoint_says_how_to_resume(data, tmp_path, monk
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_0000002", "step_0000004"]
 
 
+def test_a_full_disk_during_the_export_keeps_the_checkpoints_and_the_same_command_exports(data, tmp_path, monkeypatch,
+                                                                                         refused, tree_digest):
+    import errno
+
+    from modeling_gpt import GPTForCausalLM
+
+    def no_space(self, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    out = tmp_path / "out"
+    monkeypatch.setattr(GPTForCausalLM, "save_pretrained", no_space)
+    line = refused(train_accelerate.main, argv(data, out), code=1)
+    assert line == (f"gpt-train: error: could not write {out / 'final'} ([Errno 28] No space left on device); is the disk "
+                    "full? Free space, then run the same command with --resume_from_checkpoint latest: it exports "
+                    "final/ from the last checkpoint")
+    assert not (out / "final").exists() and not list(out.glob(".*final*"))
+    checkpoints = tree_digest(out / "checkpoints")
+    monkeypatch.undo()
+    train_accelerate.main(argv(data, out, "--resume_from_checkpoint", "latest"))
+    assert (out / "final" / "model.safetensors").is_file()
+    assert tree_digest(out / "checkpoints") == checkpoints
+
+
 def test_weights_that_turn_non_finite_are_never_saved(tmp_path):
     from accelerate import Accelerator
 
