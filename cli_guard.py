@@ -13,6 +13,7 @@
 """
 
 import errno
+import json
 import os
 import pickle
 import sys
@@ -96,6 +97,25 @@ def _peer_failed(err: BaseException) -> bool:
     import torch.distributed
 
     return isinstance(err, torch.distributed.DistError) or "Connection closed by peer" in str(err)
+
+
+def jsonl_lines(path):
+    """(line number, value) for each non-empty line of a JSONL file; a line that is not JSON is a UserError naming
+    the file and the line. Bytes that are not UTF-8 become U+FFFD instead of failing the whole file."""
+    with open(path, "rb") as f:
+        for number, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    yield number, json.loads(line.decode("utf-8", errors="replace"))
+                except json.JSONDecodeError as err:
+                    raise UserError(f"{path} line {number} is not valid JSON ({err.msg}): repair or remove that line") from None
+
+
+def missing_local_folder(name: str) -> bool:
+    """True for a name that is meant as a local folder (not a Hub id `namespace/name`) and does not exist."""
+    if Path(name).expanduser().exists():
+        return False
+    return name.startswith((".", "/", "~")) or name.count("/") > 1 or (os.sep != "/" and os.sep in name)
 
 
 # ---------------------------------------------------------------------------------------------- lock

@@ -25,7 +25,8 @@ from huggingface_hub.utils import validate_repo_id
 from transformers import GenerationConfig
 
 import atomic_io
-from cli_guard import RunError, check_pickles, check_safetensors, nonfinite_weights, run_cli
+from cli_guard import (RunError, check_pickles, check_safetensors, jsonl_lines, missing_local_folder, nonfinite_weights,
+                       run_cli)
 from modeling_gpt import GPTConfig, GPTForCausalLM
 from modeling_gpt.tokenizer import gpt2_tokenizer
 
@@ -91,13 +92,7 @@ def _latest_trainer_state(run_dir: Path | None) -> dict:
 def _read_metrics(run_dir: Path | None, max_step: int | None) -> list[dict]:
     if run_dir is None:
         return []
-    path, rows = run_dir / "metrics.jsonl", []
-    for number, line in enumerate(path.read_text().splitlines(), 1):
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path} line {number} is not valid JSON ({err.msg}): repair or remove that line") from None
+    rows = [row for _, row in jsonl_lines(run_dir / "metrics.jsonl")]
     return [r for r in rows if max_step is None or r.get("step", 0) <= max_step]
 
 
@@ -164,6 +159,8 @@ def _checkpoint_config(folder: Path, state: dict, run_dir: Path | None) -> tuple
 def _load_tokenizer(path: Path, tokenizer_path, state: dict, run_dir: Path | None):
     """The tokenizer the model was trained with: --tokenizer, the folder itself, the run's final/, the data's tokenizer."""
     if tokenizer_path is not None:
+        if missing_local_folder(str(tokenizer_path)):
+            raise FileNotFoundError(f"--tokenizer {tokenizer_path}: no such folder")
         return gpt2_tokenizer(tokenizer_path)  # a folder or a Hub id
     candidates = [path, *([run_dir / "final"] if run_dir else [])]
     data_dir = state.get("config", {}).get("data_dir")

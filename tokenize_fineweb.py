@@ -11,7 +11,6 @@ produces byte-identical shards.
 """
 
 import copy
-import json
 import os
 import sys
 import time
@@ -25,7 +24,7 @@ from tqdm.auto import tqdm
 
 import atomic_io
 import token_shards
-from cli_guard import FolderLock, UserError, run_cli
+from cli_guard import FolderLock, UserError, jsonl_lines, run_cli
 from token_shards import MANIFEST, TOKENIZER_DIR, token_dtype, write_json_atomic, write_shard
 
 EOT_TEXT = "<|endoftext|>"
@@ -85,18 +84,11 @@ def _check_args(args: TokenizeArguments) -> None:
 # -- the source ------------------------------------------------------------------------------------
 
 def _jsonl_records(files):
-    # our own reader: bytes that are not UTF-8 become U+FFFD instead of failing the whole file
     for path in files:
-        with open(path, "rb") as f:
-            for number, line in enumerate(f, 1):
-                if line.strip():
-                    try:
-                        record = json.loads(line.decode("utf-8", errors="replace"))
-                    except json.JSONDecodeError as err:
-                        raise TokenizeError(f"{path} line {number} is not valid JSON ({err.msg}): repair or remove it") from None
-                    if not isinstance(record, dict):
-                        raise TokenizeError(f"{path} line {number} is a JSON {type(record).__name__}, not an object with a text field")
-                    yield record
+        for number, record in jsonl_lines(path):
+            if not isinstance(record, dict):
+                raise TokenizeError(f"{path} line {number} is a JSON {type(record).__name__}, not an object with a text field")
+            yield record
 
 
 def load_source(args: TokenizeArguments):

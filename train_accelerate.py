@@ -33,8 +33,8 @@ from transformers import AutoConfig, GenerationConfig, HfArgumentParser
 
 import atomic_io
 import token_shards
-from cli_guard import (FolderLock, RunError, UserError, check_pickles, check_safetensors, nonfinite_weights,
-                       run_cli)
+from cli_guard import (FolderLock, RunError, UserError, check_pickles, check_safetensors, missing_local_folder,
+                       nonfinite_weights, run_cli)
 from eval import mean_loss, run_tasks
 from modeling_gpt import PRESETS, GPTConfig, GPTForCausalLM
 from modeling_gpt.flops import flops_per_token, peak_tflops
@@ -240,6 +240,8 @@ def validate_args(model_args: ModelArguments, data_args: DataArguments, args: Tr
     if model_args.init_from is None and model_args.model_preset not in PRESETS:
         raise ConfigError(f"model_preset={model_args.model_preset!r} is unknown; choose one of {sorted(PRESETS)}")
     overrides = {k: getattr(model_args, k) for k in MODEL_OVERRIDES if getattr(model_args, k) is not None}
+    if model_args.init_from is not None and missing_local_folder(model_args.init_from):
+        raise ConfigError(f"init_from={model_args.init_from!r}: no such folder; give a Hugging Face folder or a Hub id")
     if model_args.init_from is not None and overrides:
         raise ConfigError(f"model overrides {overrides} apply to a model trained from scratch, not with init_from")
     if data_args.data_dir is None:
@@ -583,7 +585,9 @@ def checkpoint_damage(path: Path, world_size: int) -> Optional[str]:
 
     try:
         state = json.loads((path / "trainer_state.json").read_text())
-        step, _ = state["step"], state["train_loader"]
+        missing = [key for key in ("step", "train_loader") if key not in state]
+        if missing:
+            raise KeyError(f"trainer_state.json has no {', '.join(missing)}")
         check_pickles(path)  # FSDP sharded folders: .metadata is a pickle
         check_safetensors(path)
         for file in sorted(path.glob("*.bin")):

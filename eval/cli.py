@@ -13,7 +13,7 @@ from typing import Optional
 
 from transformers import HfArgumentParser
 
-from cli_guard import check_safetensors, run_cli
+from cli_guard import check_safetensors, missing_local_folder, run_cli
 
 DTYPES = ("float32", "bfloat16", "float16", "auto")
 
@@ -58,9 +58,9 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tok
 def _check_local(name: str, what: str, needs: tuple, hint: str):
     """A local folder must exist and hold one of `needs`; a Hub id (namespace/name) is left to transformers."""
     path = Path(name).expanduser()
+    if missing_local_folder(name):
+        raise FileNotFoundError(f"{what} {name}: no such folder")
     if not path.exists():
-        if name.startswith((".", "/", "~")) or name.count("/") > 1 or os.sep != "/" and os.sep in name:
-            raise FileNotFoundError(f"{what} {name}: no such folder")
         return
     if not path.is_dir():
         raise ValueError(f"{what} {name}: not a folder; give a save_pretrained folder or a Hub id")

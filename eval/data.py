@@ -8,9 +8,10 @@ Every loader returns plain dicts in one schema per kind of task:
 - wikitext: {"page"}, one Wikipedia article as in EleutherAI/wikitext_document_level
 """
 
-import json
 import re
 from pathlib import Path
+
+from cli_guard import jsonl_lines
 
 LOCAL_FILES = {
     "hellaswag": "hellaswag/hellaswag_val.jsonl",
@@ -68,15 +69,7 @@ def _check_doc(task: str, doc, where: str) -> dict:
 
 
 def _read_jsonl(path: Path, task: str) -> list[dict]:
-    docs = []
-    with open(path, encoding="utf-8", errors="replace") as f:
-        for number, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    doc = json.loads(line)
-                except json.JSONDecodeError as err:
-                    raise ValueError(f"{path} line {number} is not valid JSON ({err.msg})") from None
-                docs.append(_check_doc(task, doc, f"{path} line {number}"))
+    docs = [_check_doc(task, doc, f"{path} line {number}") for number, doc in jsonl_lines(path)]
     if not docs:
         raise ValueError(f"{path} holds no {task} items")
     return docs

@@ -1,9 +1,9 @@
 """Training curves from runs' metrics.jsonl: loss (train and val) and HellaSwag against tokens seen."""
 
-import json
 from pathlib import Path
 
 import atomic_io
+from cli_guard import jsonl_lines
 
 # HellaSwag acc_norm of the published models, build-nanogpt scoring (the lines its plots draw)
 REFERENCES = {"GPT-2 124M": 0.2955, "GPT-3 125M": 0.337}
@@ -15,8 +15,7 @@ def read_metrics(path) -> tuple[str, list[dict]]:
     file = path / "metrics.jsonl" if path.is_dir() else path
     if not file.is_file():
         raise FileNotFoundError(f"{path}: expected a run folder with metrics.jsonl, or a metrics.jsonl file")
-    with open(file, encoding="utf-8") as f:
-        records = [json.loads(line) for line in f if line.strip()]
+    records = [record for _, record in jsonl_lines(file)]
     name = file.parent.name if file.name == "metrics.jsonl" else file.stem
     return name, [r for r in records if "tokens" in r]
 

@@ -107,6 +107,15 @@ def test_impossible_val_batches_and_unwritable_output(model_dir, tmp_path, refus
     assert line == f"gpt-eval: error: File exists: {tmp_path / 'file'}"
 
 
+def test_plot_of_a_damaged_metrics_file_names_the_line(tmp_path, refused):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "metrics.jsonl").write_text('{"step": 1, "loss": 2.0, "tokens": 64}\n{"step": 2, "lo\n')
+    line = refused(main, ["plot", str(tmp_path / "run"), "--output", str(tmp_path / "plots")])
+    assert line == (f"gpt-eval: error: {tmp_path / 'run' / 'metrics.jsonl'} line 2 is not valid JSON (Invalid "
+                    "control character at): repair or remove that line")
+    assert not (tmp_path / "plots").exists()
+
+
 def test_debug_shows_the_traceback(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["--model", str(tmp_path / "nowhere"), "--debug"])

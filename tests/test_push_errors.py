@@ -170,6 +170,11 @@ def test_damaged_input_is_one_line(run, damage, message, refused):
     assert message in line
 
 
+def test_a_tokenizer_folder_that_does_not_exist_is_named(run, tmp_path, refused):
+    line = refused(push_to_hub.main, push(run / "final", "--tokenizer", str(tmp_path / "nope")))
+    assert line == f"gpt-push: error: --tokenizer {tmp_path / 'nope'}: no such folder"
+
+
 def test_debug_shows_the_traceback(run, capsys, monkeypatch):
     monkeypatch.setenv("GPT_DEBUG", "1")
     with pytest.raises(SystemExit):

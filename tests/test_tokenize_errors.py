@@ -103,7 +103,7 @@ def test_bad_data_files_name_the_file_and_line(tmp_path, refused):
     with open(bad, "a") as f:
         f.write('{"text": not json}\n')
     assert refused(tokenize_fineweb.main, ["--data-files", str(bad), *out]) == (
-        f"gpt-tokenize: error: {bad} line 4 is not valid JSON (Expecting value): repair or remove it")
+        f"gpt-tokenize: error: {bad} line 4 is not valid JSON (Expecting value): repair or remove that line")
     listed = tmp_path / "list.jsonl"
     listed.write_text('{"text": "fine"}\n["not", "an", "object"]\n')
     assert refused(tokenize_fineweb.main, ["--data-files", str(listed), *out]) == (

@@ -88,6 +88,12 @@ def test_non_finite_settings_are_refused(data, tmp_path, setting, value, refused
     assert not (tmp_path / "out").exists()
 
 
+def test_init_from_a_folder_that_does_not_exist_is_named(data, tmp_path, refused):
+    line = refused(train_accelerate.main, argv(data, tmp_path / "out", "--init_from", str(tmp_path / "nope")))
+    assert line == (f"gpt-train: error: init_from='{tmp_path / 'nope'}': no such folder; give a Hugging Face folder "
+                    "or a Hub id")
+
+
 HOLD_LOCK = """
 import sys, time
 from cli_guard import FolderLock
