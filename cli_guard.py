@@ -36,8 +36,7 @@ def _rank() -> int:
 
 
 def _os_message(err: OSError) -> str:
-    where = f" {err.filename}" if err.filename else ""
-    text = f"{err.strerror or err}:{where}" if err.strerror else str(err)
+    text = f"{err.strerror}: {err.filename}" if err.filename else err.strerror
     if err.errno == errno.ENOSPC:
         return f"{text} (disk full): free some space, then run the same command again"
     if err.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
@@ -129,7 +128,7 @@ class FolderLock:
 
     def __init__(self, folder, what: str):
         self.path = Path(folder) / self.NAME
-        self.what = what  # e.g. "gpt-train output_dir"
+        self.what = what  # the option that names the folder, e.g. "output_dir"
         self._fd = None
 
     def acquire(self) -> "FolderLock":
