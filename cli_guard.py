@@ -28,7 +28,15 @@ class UserError(Exception):
 
 
 class RunError(Exception):
-    """A run that could not finish (non-finite loss, damaged checkpoint, interrupted); the message says what to do. Exit 1."""
+    """A run that could not finish (non-finite loss, damaged checkpoint, full disk); the message says what to do. Exit 1."""
+
+    exit_code = 1
+
+
+class Interrupted(RunError):
+    """Ctrl-C, with the message saying where the run stopped and how to go on. Exit 130, as for any Ctrl-C."""
+
+    exit_code = 130
 
 
 def _rank() -> int:
@@ -69,7 +77,7 @@ def run_cli(prog: str, main, argv=None, interrupted: str = "interrupted (Ctrl-C)
     except KeyboardInterrupt as err:
         failure, code, text = err, 130, interrupted
     except RunError as err:
-        failure, code, text = err, 1, _message(err)
+        failure, code, text = err, err.exit_code, _message(err)
     except OSError as err:
         failure, code, text = err, (2 if isinstance(err, FileNotFoundError) else 1), _message(err)
     except (UserError, ValueError) as err:

@@ -33,8 +33,8 @@ from transformers import AutoConfig, GenerationConfig, HfArgumentParser
 
 import atomic_io
 import token_shards
-from cli_guard import (FolderLock, RunError, UserError, check_pickles, check_safetensors, missing_local_folder,
-                       nonfinite_weights, run_cli)
+from cli_guard import (FolderLock, Interrupted, RunError, UserError, check_pickles, check_safetensors,
+                       missing_local_folder, nonfinite_weights, run_cli)
 from eval import mean_loss, run_tasks
 from modeling_gpt import PRESETS, GPTConfig, GPTForCausalLM
 from modeling_gpt.flops import flops_per_token, peak_tflops
@@ -972,7 +972,7 @@ def train(argv=None):
             maybe_save(run, done)
             since = (time.perf_counter(), done)
     except KeyboardInterrupt:
-        raise RunError(f"interrupted (Ctrl-C) during step {step + 1} of {args.max_steps}; {resume_hint(run)}") from None
+        raise Interrupted(f"interrupted (Ctrl-C) during step {step + 1} of {args.max_steps}; {resume_hint(run)}") from None
     finally:
         progress.close()
 

@@ -289,7 +289,7 @@ def test_ctrl_c_names_the_step_and_the_checkpoint_and_the_same_command_resumes(d
         time.sleep(0.05)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 1, err
+    assert proc.returncode == 130, err
     assert "Traceback" not in err
     line = err.strip().splitlines()[-1]
     latest = train_accelerate.CheckpointManager(out / "checkpoints").latest()
