@@ -218,6 +218,21 @@ def check_pickles(folder) -> list[Path]:
     return checked
 
 
+def load_weights_only(path, **kwargs):
+    """torch.load(weights_only=True), as accelerate's load does (numpy RNG states allowed): a pickle that asks for
+    anything else is refused, naming the file, and nothing in it runs. kwargs go to torch.load (e.g. mmap=True)."""
+    from accelerate.utils.other import load
+
+    try:
+        return load(path, map_location="cpu", **kwargs)
+    except pickle.UnpicklingError as err:
+        # torch's message is paragraphs of advice around the one that names what was asked for
+        paragraphs = [p.strip() for p in str(err).split("\n\n") if p.strip()]
+        reason = next((p for p in paragraphs if not p.startswith(("Weights only load failed", "Check the documentation"))),
+                      type(err).__name__)
+        raise UserError(f"refused {path}: {reason}; only weights and plain data are loaded from a checkpoint") from None
+
+
 # ---------------------------------------------------------------------------------------------- weights
 
 

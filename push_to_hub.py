@@ -25,8 +25,8 @@ from huggingface_hub.utils import validate_repo_id
 from transformers import GenerationConfig
 
 import atomic_io
-from cli_guard import (RunError, check_pickles, check_safetensors, jsonl_lines, missing_local_folder, nonfinite_weights,
-                       run_cli)
+from cli_guard import (RunError, check_pickles, check_safetensors, jsonl_lines, load_weights_only, missing_local_folder,
+                       nonfinite_weights, run_cli)
 from modeling_gpt import GPTConfig, GPTForCausalLM
 from modeling_gpt.tokenizer import gpt2_tokenizer
 
@@ -111,7 +111,7 @@ def _checkpoint_state_dict(folder: Path) -> dict:
         shards = set(_read_json(folder / "model.safetensors.index.json")["weight_map"].values())
         state = {k: v for shard in sorted(shards) for k, v in _read_safetensors(folder / shard).items()}
     elif (folder / "pytorch_model_fsdp.bin").is_file():
-        state = torch.load(folder / "pytorch_model_fsdp.bin", map_location="cpu", weights_only=True)
+        state = load_weights_only(folder / "pytorch_model_fsdp.bin")
     elif (folder / "pytorch_model_fsdp_0").is_dir():
         from accelerate.utils import merge_fsdp_weights
 

@@ -36,7 +36,7 @@ from transformers import AutoConfig, GenerationConfig, HfArgumentParser
 import atomic_io
 import token_shards
 from cli_guard import (FolderLock, Interrupted, RunError, UserError, check_pickles, check_safetensors,
-                       missing_local_folder, nonfinite_weights, run_cli)
+                       load_weights_only, missing_local_folder, nonfinite_weights, run_cli)
 from eval import mean_loss, run_tasks
 from modeling_gpt import PRESETS, GPTConfig, GPTForCausalLM
 from modeling_gpt.flops import flops_per_token, peak_tflops
@@ -608,8 +608,6 @@ def checkpoint_damage(path: Path, world_size: int) -> Optional[str]:
     """What makes a checkpoint folder unusable (a truncated, missing or foreign file), or None when it is whole.
 
     Every file is opened the way it will be loaded: weights-only (no pickle runs code), memory-mapped (cheap)."""
-    from accelerate.utils.other import load as load_weights_only  # torch.load(weights_only=True) + numpy RNG states
-
     try:
         state = json.loads((path / "trainer_state.json").read_text())
         missing = [key for key in ("step", "train_loader") if key not in state]
@@ -617,12 +615,10 @@ def checkpoint_damage(path: Path, world_size: int) -> Optional[str]:
             raise KeyError(f"trainer_state.json has no {', '.join(missing)}")
         check_pickles(path)  # FSDP sharded folders: .metadata is a pickle
         check_safetensors(path)
-        for file in sorted(path.glob("*.bin")):
-            torch.load(file, map_location="cpu", weights_only=True, mmap=True)
         # accelerate swallows a damaged RNG file and resumes with other dropout masks: check them here
         expected = [path / f"random_states_{i}.pkl" for i in range(world_size)] if state.get("world_size") == world_size else []
-        for file in sorted({*path.glob("random_states_*.pkl"), *expected}):
-            load_weights_only(file)
+        for file in sorted({*path.glob("*.bin"), *path.glob("random_states_*.pkl"), *expected}):
+            load_weights_only(file, mmap=True)
     except Exception as err:  # noqa: BLE001  anything that fails to load makes the checkpoint unusable
         return f"{type(err).__name__}: {' '.join(str(err).split())[:300]}"
     return None

@@ -86,6 +86,17 @@ def test_crafted_fsdp_metadata_is_refused_and_never_run(run, tmp_path, refused):
     assert not marker.exists()
 
 
+def test_crafted_fsdp_full_state_dict_is_refused_and_never_run(run, tmp_path, refused):
+    step = run / "checkpoints" / "step_0000004"
+    (step / "model.safetensors").unlink()
+    marker = tmp_path / "code-ran"
+    torch.save({"transformer.wte.weight": RunsCode(marker)}, step / "pytorch_model_fsdp.bin")
+    line = refused(push_to_hub.main, push(step))
+    assert line == (f"gpt-push: error: refused {step / 'pytorch_model_fsdp.bin'}: Trying to load unsupported GLOBAL "
+                    "posix.mkdir whose module posix is blocked.; only weights and plain data are loaded from a checkpoint")
+    assert not marker.exists()
+
+
 def test_overwrite_never_deletes_the_run_that_holds_the_input(run, refused, tree_digest):
     before = tree_digest(run)
     line = refused(push_to_hub.main, push(run / "checkpoints" / "step_0000004", "--output-dir", str(run), "--overwrite"))

@@ -173,13 +173,19 @@ class RunsCode:
         return os.mkdir, (self.marker,)
 
 
-def test_a_crafted_pickle_in_a_checkpoint_is_refused_and_never_run(run, data, tmp_path, refused):
+@pytest.mark.parametrize("crafted", ["pytorch_model_fsdp_0/.metadata", "optimizer.bin", "random_states_0.pkl"])
+def test_a_crafted_pickle_in_a_checkpoint_is_refused_and_never_run(run, data, tmp_path, refused, crafted):
     step4 = run / "checkpoints" / "step_0000004"
     marker = tmp_path / "code-ran"
-    (step4 / "pytorch_model_fsdp_0").mkdir()
-    (step4 / "pytorch_model_fsdp_0" / ".metadata").write_bytes(pickle.dumps(RunsCode(marker)))
+    file = step4 / crafted
+    file.parent.mkdir(exist_ok=True)
+    if crafted.endswith(".metadata"):
+        file.write_bytes(pickle.dumps(RunsCode(marker)))  # torch.distributed.checkpoint's format: a plain pickle
+    else:
+        torch.save({"state": RunsCode(marker)}, file)  # torch.save's format, as accelerate writes these
     line = refused(train_accelerate.main, argv(data, run, "--resume_from_checkpoint", str(step4)), code=1)
-    assert f"refused {step4 / 'pytorch_model_fsdp_0' / '.metadata'}: it references posix.mkdir" in line
+    assert line.startswith(f"gpt-train: error: checkpoint {step4} is damaged (UserError: refused {file}: ")
+    assert "posix.mkdir" in line
     assert not marker.exists()
 
 
