@@ -5,6 +5,7 @@
   gpt-eval plot RUN_DIR_or_metrics.jsonl [more runs] --output DIR
 """
 
+import json
 import os
 import time
 from dataclasses import dataclass, field
@@ -69,6 +70,18 @@ def _check_local(name: str, what: str, needs: tuple, hint: str):
         raise FileNotFoundError(f"{what} {name}: none of {', '.join(needs)} in it (found {found}); {hint}")
 
 
+def _check_output(path: Path):
+    """--output replaces an earlier results file only, never another file (a model's config.json, say)."""
+    if not path.exists():
+        return
+    try:
+        earlier = json.loads(path.read_text())
+    except (OSError, ValueError):
+        earlier = None
+    if not isinstance(earlier, dict) or "results" not in earlier:
+        raise ValueError(f"--output {path} exists and is not a gpt-eval results file; choose another path")
+
+
 def _load(args: EvalArguments):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -100,6 +113,8 @@ def evaluate_main(argv) -> dict:
     from .val_loss import val_loss
 
     (args,) = HfArgumentParser(EvalArguments).parse_args_into_dataclasses(argv)
+    if args.output:
+        _check_output(Path(args.output))
     accelerator = None
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # started by accelerate launch / torchrun
         from accelerate import Accelerator

@@ -107,6 +107,15 @@ def test_impossible_val_batches_and_unwritable_output(model_dir, tmp_path, refus
     assert line == f"gpt-eval: error: File exists: {tmp_path / 'file'}"
 
 
+def test_output_never_replaces_a_file_that_is_not_a_results_file(model_dir, tmp_path, refused):
+    shutil.copytree(model_dir, tmp_path / "m")
+    config = (tmp_path / "m" / "config.json").read_bytes()
+    line = refused(main, ["--model", str(tmp_path / "m"), "--data-dir", str(DATA), "--limit", "1",
+                          "--output", str(tmp_path / "m" / "config.json")])
+    assert line == f"gpt-eval: error: --output {tmp_path / 'm' / 'config.json'} exists and is not a gpt-eval results file; choose another path"
+    assert (tmp_path / "m" / "config.json").read_bytes() == config
+
+
 def test_plot_of_a_damaged_metrics_file_names_the_line(tmp_path, refused):
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "metrics.jsonl").write_text('{"step": 1, "loss": 2.0, "tokens": 64}\n{"step": 2, "lo\n')
