@@ -124,6 +124,7 @@ def test_debug_shows_the_traceback(tmp_path, capsys):
     assert err.strip().splitlines()[-1] == f"gpt-tokenize: error: --data-files {tmp_path / 'missing.jsonl'}: no such file"
 
 
+@pytest.mark.slow
 def test_ctrl_c_says_how_to_continue_and_the_same_command_finishes(tmp_path):
     data = write_docs(tmp_path / "docs.jsonl", 4000, words=60)
     argv = ["--data-files", str(data), "--shard-size", "2000", "--val-tokens", "2000", *SMALL]
