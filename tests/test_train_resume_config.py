@@ -92,7 +92,7 @@ def resume(root, name, *extra, data="data"):
 @pytest.mark.slow
 def test_resume_refuses_a_changed_schedule_and_data_set(trained):
     done = resume(trained, "longer", "--max_steps", "8", "--warmup_steps", "3")
-    assert done.returncode == 1
+    assert done.returncode == 2  # bad input (cli_guard: 2; 1 is for a run that could not finish)
     assert "gpt-train: error: resuming" in done.stderr
     assert "max_steps: checkpoint 4, now 8; warmup_steps: checkpoint 2, now 3" in done.stderr
 
@@ -107,7 +107,7 @@ def test_resume_refuses_a_changed_schedule_and_data_set(trained):
     entry["sha256"] = hashlib.sha256(raw).hexdigest()
     (other / "manifest.json").write_text(json.dumps(manifest))
     done = resume(trained, "other-run", data="other-data")
-    assert done.returncode == 1 and "data set: checkpoint" in done.stderr, done.stderr[-2000:]
+    assert done.returncode == 2 and "data set: checkpoint" in done.stderr, done.stderr[-2000:]
 
 
 @pytest.mark.slow
