@@ -106,8 +106,13 @@ def read_manifest(data_dir) -> dict:
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ShardError(f"{path} is not valid JSON ({e}): tokenize again into an empty folder") from None
     missing = [k for k in ("vocab_size", "eot_id", "tokenizer", "shards") if not isinstance(manifest, dict) or k not in manifest]
-    if missing or not isinstance(manifest["shards"], list) or not isinstance(manifest["tokenizer"], dict):
-        raise ShardError(f"{path} is not a gpt-tokenize manifest (missing or malformed: {', '.join(missing) or 'shards/tokenizer'}): "
+    if not missing and not isinstance(manifest["tokenizer"], dict):
+        missing = ["tokenizer"]
+    if not missing and not (isinstance(manifest["shards"], list) and all(
+            isinstance(s, dict) and {"file", "split", "tokens"} <= s.keys() for s in manifest["shards"])):
+        missing = ["shards"]
+    if missing:
+        raise ShardError(f"{path} is not a gpt-tokenize manifest (missing or malformed: {', '.join(missing)}): "
                          "tokenize again into an empty folder")
     return manifest
 

@@ -89,6 +89,8 @@ def test_a_damaged_shard_is_never_reported_complete(done, damage, refused):
 @pytest.mark.parametrize("content, message", [
     ("{}", "is not a gpt-tokenize manifest (missing or malformed: vocab_size, eot_id, tokenizer, shards)"),
     ("[1, 2]", "is not a gpt-tokenize manifest"),
+    ('{"vocab_size": 300, "eot_id": 0, "tokenizer": {}, "shards": [{"file": "x.bin"}]}',
+     "is not a gpt-tokenize manifest (missing or malformed: shards)"),
     ('{"vocab_size": 5', "is not valid JSON"),
 ])
 def test_a_damaged_manifest_is_one_line(done, content, message, refused):
