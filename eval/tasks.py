@@ -181,6 +181,8 @@ def run_tasks(
         model.to(device)
     else:
         device = next(model.parameters()).device
+    if max_length is not None and not 1 <= max_length <= max_length_of(model, tokenizer):
+        raise ValueError(f"max_length={max_length}: the model takes 1..{max_length_of(model, tokenizer)} tokens")
     max_length = max_length or max_length_of(model, tokenizer)
 
     was_training = model.training
