@@ -115,6 +115,11 @@ def evaluate_main(argv) -> dict:
     (args,) = HfArgumentParser(EvalArguments).parse_args_into_dataclasses(argv)
     if args.output:
         _check_output(Path(args.output))
+    if args.device is not None:
+        try:
+            torch.device(args.device)
+        except RuntimeError:
+            raise ValueError(f"--device {args.device!r} is not a device; use cpu, cuda, cuda:1, mps, ...") from None
     accelerator = None
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # started by accelerate launch / torchrun
         from accelerate import Accelerator

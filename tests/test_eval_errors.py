@@ -54,6 +54,8 @@ def test_missing_model_folder_and_unknown_task(model_dir, tmp_path, refused):
     assert refused(main, ["--model", str(tmp_path / "nowhere")]) == f"gpt-eval: error: --model {tmp_path / 'nowhere'}: no such folder"
     line = refused(main, ["--model", str(model_dir), "--tasks", "hellaswag,mmlu", "--data-dir", str(DATA)])
     assert line.startswith("gpt-eval: error: unknown task 'mmlu'; known: hellaswag")
+    line = refused(main, ["--model", str(model_dir), "--device", "tpu9"])
+    assert line == "gpt-eval: error: --device 'tpu9' is not a device; use cpu, cuda, cuda:1, mps, ..."
     line = refused(main, ["--model", str(model_dir), "--tasks", "lambada", "--data-dir", str(DATA), "--max-length", "100000"])
     assert line == "gpt-eval: error: max_length=100000: the model takes 1..256 tokens"
     line = refused(main, ["--model", str(model_dir), "--tasks", "piqa", "--data-dir", str(tmp_path)])
