@@ -50,7 +50,7 @@ def test_model_folder_without_tokenizer_says_to_pass_one(model_dir, tmp_path, re
     assert line == f"gpt-eval: error: --tokenizer {tmp_path / 'nope'}: no such folder"
 
 
-def test_missing_model_folder_and_unknown_task(model_dir, tmp_path, refused):
+def test_missing_model_unknown_task_bad_device_and_max_length(model_dir, tmp_path, refused):
     assert refused(main, ["--model", str(tmp_path / "nowhere")]) == f"gpt-eval: error: --model {tmp_path / 'nowhere'}: no such folder"
     line = refused(main, ["--model", str(model_dir), "--tasks", "hellaswag,mmlu", "--data-dir", str(DATA)])
     assert line.startswith("gpt-eval: error: unknown task 'mmlu'; known: hellaswag")
