@@ -321,3 +321,26 @@ def test_under_accelerate_launch_the_error_is_reported_once(data, tmp_path):
     assert errors == ["gpt-train: error: val_batches=1000 but the val split holds 15 batches of micro_batch_size x "
                       "seq_len = 2 x 32; use val_batches <= 15 (or 0 for no validation loss)"]
     assert 'train_accelerate.py", line' not in result.stderr
+
+
+@pytest.mark.parametrize("rank, failure, expected", [
+    ("0", "broken collective", "gpt-train: error: another process of this run stopped first; GPT_DEBUG=1 shows every traceback"),
+    ("1", "broken collective", ""),  # the process that failed first reports; the others stay quiet
+    ("1", "bad setting", ""),  # every process sees the same bad setting: rank 0 says it once
+])
+def test_only_rank_0_speaks_for_a_multi_process_run(monkeypatch, capsys, rank, failure, expected):
+    import torch.distributed
+
+    from cli_guard import run_cli
+
+    def fail(argv):
+        if failure == "bad setting":
+            raise train_accelerate.ConfigError("val_batches=1000 ...")
+        raise torch.distributed.DistBackendError("[gloo] Connection closed by peer")
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", rank)
+    with pytest.raises(SystemExit) as info:
+        run_cli("gpt-train", fail, [])
+    assert info.value.code == (2 if failure == "bad setting" else 1)
+    assert capsys.readouterr().err.strip() == expected
