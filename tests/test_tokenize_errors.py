@@ -118,6 +118,32 @@ def test_bad_data_files_name_the_file_and_line(tmp_path, refused):
     assert refused(tokenize_fineweb.main, ["--data-files", str(garbage), *out]).startswith(f"gpt-tokenize: error: cannot read {garbage}: ")
 
 
+@pytest.mark.parametrize("errno_, message", [
+    ("ENOSPC", "No space left on device: {file} (disk full): free some space, then run the same command again"),
+    ("EROFS", "Read-only file system: {file}: choose a folder you can write to"),
+])
+def test_a_full_or_read_only_disk_is_one_line_and_the_same_command_resumes(tmp_path, monkeypatch, refused, errno_,
+                                                                           message):
+    import errno
+
+    argv = ["--data-files", str(write_docs(tmp_path / "docs.jsonl", 60)), "--output", str(tmp_path / "out"),
+            "--shard-size", "500", "--val-tokens", "500", *SMALL]
+    write_shard, calls = tokenize_fineweb.write_shard, []
+
+    def fail_on_the_third_shard(path, tokens):
+        calls.append(path)
+        if len(calls) == 3:
+            raise OSError(getattr(errno, errno_), os.strerror(getattr(errno, errno_)), str(path))
+        return write_shard(path, tokens)
+
+    monkeypatch.setattr(tokenize_fineweb, "write_shard", fail_on_the_third_shard)
+    assert refused(tokenize_fineweb.main, argv, code=1) == "gpt-tokenize: error: " + message.format(file=calls[-1])
+    assert len(token_shards.read_manifest(tmp_path / "out")["shards"]) == 2  # what was written is kept
+    monkeypatch.undo()
+    tokenize_fineweb.main(argv)
+    assert token_shards.read_manifest(tmp_path / "out")["stream"]["complete"]
+
+
 def test_debug_shows_the_traceback(tmp_path, capsys):
     with pytest.raises(SystemExit):
         tokenize_fineweb.main(["--data-files", str(tmp_path / "missing.jsonl"), "--output", str(tmp_path / "o"), "--debug"])
