@@ -927,8 +927,8 @@ def resume_hint(run: Run) -> str:
     """How to go on from the newest checkpoint: the advice every stopped run ends with."""
     if run.last_good is None:
         return "no checkpoint was saved yet: run the same command with --overwrite_output_dir to start again"
-    return (f"run the same command with --resume_from_checkpoint latest to continue from {run.last_good} "
-            f"(step {run.checkpoints.steps()[-1] if run.checkpoints.steps() else '?'})")
+    step = json.loads((run.last_good / "trainer_state.json").read_text())["step"]
+    return f"run the same command with --resume_from_checkpoint latest to continue from {run.last_good} (step {step})"
 
 
 def check_weights_finite(run: Run, step: int):
