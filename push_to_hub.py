@@ -26,6 +26,7 @@ from transformers import GenerationConfig
 
 import atomic_io
 from modeling_gpt import GPTConfig, GPTForCausalLM
+from modeling_gpt.network import OfflineError, require_hub
 from modeling_gpt.tokenizer import gpt2_tokenizer, publishable_tokenizer
 
 PROMPTS = ("The meaning of life is", "In physics, energy is", "The best way to learn a new language is")
@@ -649,8 +650,11 @@ def main(argv=None):
     args = parser.parse_args(argv)
     try:
         check_repo_id(args.repo_id)
-        if not args.dry_run and get_token() is None:
-            raise ValueError("no Hugging Face token: set HF_TOKEN or run `hf auth login` (or use --dry-run)")
+        if not args.dry_run:
+            require_hub(f"uploading to {args.repo_id}", "use --dry-run --output-dir DIR to write the folder now, and "
+                        "upload it later from a machine with network with `hf upload REPO_ID DIR`")
+            if get_token() is None:
+                raise ValueError("no Hugging Face token: set HF_TOKEN or run `hf auth login` (or use --dry-run)")
         source = load_source(args.checkpoint, args.tokenizer)
         name = args.repo_id.split("/")[1]
         with tempfile.TemporaryDirectory() as tmp:
@@ -674,7 +678,7 @@ def main(argv=None):
                 return
             url = upload(folder, args.repo_id, private=args.private, revision=args.revision, commit_message=args.commit_message)
             print(f"uploaded to {target}: {url}")
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, FileNotFoundError, OfflineError) as err:
         parser.exit(2, f"gpt-push: error: {err}\n")
     except HfHubHTTPError as err:
         parser.exit(1, f"gpt-push: the Hub refused: {err}\n")

@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 import atomic_io
 import token_shards
+from modeling_gpt.network import OfflineError, tiktoken_unavailable
 from token_shards import MANIFEST, TOKENIZER_DIR, token_dtype, write_json_atomic, write_shard
 
 EOT_TEXT = "<|endoftext|>"
@@ -90,7 +91,31 @@ def _jsonl_records(files):
                     yield json.loads(line.decode("utf-8", errors="replace"))
 
 
-def load_source(args: TokenizeArguments):
+def is_hub_dataset(args: TokenizeArguments) -> bool:
+    return not args.data_files and not Path(args.dataset).exists()
+
+
+def dataset_revision(args: TokenizeArguments, out: Path) -> str | None:
+    """The Hub dataset's commit to read (None for local data): the one a resumed run recorded, else the newest.
+
+    The manifest records it, so that a model card can say exactly what the model was trained on.
+    """
+    if not is_hub_dataset(args):
+        return None
+    from modeling_gpt.network import require_hub
+
+    require_hub(f"--dataset {args.dataset}", "streaming a Hub dataset needs the network; offline, give a local folder "
+                "laid out like it (e.g. --dataset ../shared/data/fineweb-edu-mini --name sample-10BT) or --data-files")
+    if (out / MANIFEST).is_file():
+        recorded = token_shards.read_manifest(out).get("source", {})
+        if recorded.get("dataset") == args.dataset and recorded.get("revision"):
+            return recorded["revision"]
+    from huggingface_hub import HfApi
+
+    return HfApi().dataset_info(args.dataset).sha
+
+
+def load_source(args: TokenizeArguments, revision: str | None = None):
     """A streaming datasets.IterableDataset holding only the text column."""
     import datasets
 
@@ -104,7 +129,7 @@ def load_source(args: TokenizeArguments):
         else:
             ds = datasets.load_dataset("parquet", data_files=list(args.data_files), split="train", streaming=True)
     else:
-        ds = datasets.load_dataset(args.dataset, name=args.name, split=args.split, streaming=True)
+        ds = datasets.load_dataset(args.dataset, name=args.name, split=args.split, streaming=True, revision=revision)
     columns = ds.column_names or list(next(iter(ds), {}).keys())
     if args.text_column not in columns:
         raise TokenizeError(f"--text-column {args.text_column!r} is not in the data; columns present: {', '.join(columns) or 'none'}")
@@ -241,7 +266,8 @@ def prepare_tokenizer(args, out: Path, ds, resume_hash):
     name = f"trained-bpe-{args.vocab_size}" if args.train_tokenizer else args.tokenizer
     eot_id, vocab_size = _eot_id(hf, name), len(hf)
     dtype = token_dtype(vocab_size)
-    if args.tokenizer == "gpt2" and not args.train_tokenizer:
+    # tiktoken when its files are at hand (the Hub's cached GPT-2 tokenizer may be all there is offline)
+    if args.tokenizer == "gpt2" and not args.train_tokenizer and tiktoken_unavailable() is None:
         import tiktoken
 
         backend, backend_name = tiktoken.get_encoding("gpt2"), "tiktoken"  # same ids as the saved GPT-2 tokenizer, ~5x faster
@@ -268,6 +294,7 @@ def _start_or_resume(args, out: Path, source, config):
     if not (out / MANIFEST).is_file():
         return None
     manifest = token_shards.read_manifest(out)
+    manifest["source"] = {"revision": None, **manifest.get("source", {})}  # written before revisions were recorded
     if manifest.get("source") == source and manifest.get("config") == config:
         return manifest
     if not args.overwrite:
@@ -312,11 +339,12 @@ def run(args: TokenizeArguments) -> dict:
     for stale in [*out.glob("*.bin.tmp"), atomic_io.temp_path(out / MANIFEST), atomic_io.temp_path(out / TOKENIZER_DIR)]:
         atomic_io.remove(stale)
     source, config = _source_and_config(args)
+    source["revision"] = dataset_revision(args, out)
     manifest = _start_or_resume(args, out, source, config)
     if manifest is not None and manifest["stream"]["complete"]:
         print(f"{out} is already complete ({manifest['stream']['tokens']:,} tokens); nothing to do", file=sys.stderr)
         return manifest
-    ds = load_source(args)
+    ds = load_source(args, source["revision"])
     tok_info, vocab_size, eot_id, encoder = prepare_tokenizer(args, out, ds, manifest and manifest["tokenizer"]["hash"])
     if manifest is None:
         manifest = {"format": "gpt-token-shards", "version": token_shards.VERSION, "source": source, "config": config,
@@ -432,7 +460,7 @@ def main(argv=None) -> None:
     (args,) = HfArgumentParser(TokenizeArguments).parse_args_into_dataclasses(args=argv)
     try:
         result = run(args)
-    except TokenizeError as e:
+    except (TokenizeError, OfflineError) as e:
         raise SystemExit(f"gpt-tokenize: error: {e}") from None
     stream = result["stream"]
     splits = {s: sum(x["tokens"] for x in result["shards"] if x["split"] == s) for s in ("val", "train")}

@@ -8,6 +8,7 @@
 import os
 import sys
 import time
+from functools import partial
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -54,12 +55,16 @@ def _load(args: EvalArguments):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     import modeling_gpt  # noqa: F401  (registers GPTForCausalLM with the Auto classes)
+    from modeling_gpt.network import load_local_or_hub
 
     if args.dtype not in DTYPES:
         raise ValueError(f"--dtype {args.dtype!r}; accepted: {', '.join(DTYPES)}")
     dtype = args.dtype if args.dtype == "auto" else getattr(torch, args.dtype)
-    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=dtype, trust_remote_code=args.trust_remote_code)
-    tokenizer = AutoTokenizer.from_pretrained(args.tokenizer or args.model, trust_remote_code=args.trust_remote_code)
+    fix = "pass a local model folder (e.g. a run's final/), or download it once with network and set HF_HUB_OFFLINE=1"
+    model = load_local_or_hub(partial(AutoModelForCausalLM.from_pretrained, dtype=dtype, trust_remote_code=args.trust_remote_code),
+                              args.model, "--model", fix)
+    tokenizer = load_local_or_hub(partial(AutoTokenizer.from_pretrained, trust_remote_code=args.trust_remote_code),
+                                  args.tokenizer or args.model, "the tokenizer", fix)
     return model, tokenizer
 
 
@@ -120,11 +125,16 @@ def plot_main(argv) -> list:
 
 
 def main(argv=None):
+    from modeling_gpt.network import OfflineError
+
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["plot"]:
-        plot_main(argv[1:])
-    else:
-        evaluate_main(argv)
+    try:
+        if argv[:1] == ["plot"]:
+            plot_main(argv[1:])
+        else:
+            evaluate_main(argv)
+    except OfflineError as err:
+        sys.exit(f"gpt-eval: error: {err}")
 
 
 if __name__ == "__main__":

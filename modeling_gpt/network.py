@@ -1,7 +1,7 @@
 """Fail in seconds, with the fix, when a download cannot work (no network, or HF_HUB_OFFLINE=1).
 
 Without this, the Hub and tiktoken clients retry for half a minute and end in a long traceback. Standard library
-and transformers only: `convert.from_gpt2` uses it, so it travels with the model code.
+only: `convert.from_gpt2` uses it, so it travels with the model code.
 """
 
 import hashlib
@@ -22,9 +22,9 @@ class OfflineError(OSError):
 
 
 def _hub_offline_mode() -> bool:
-    from transformers.utils import is_offline_mode
-
-    return is_offline_mode()
+    # huggingface_hub's rule (constants.HF_HUB_OFFLINE), read now rather than at its import
+    value = os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE") or ""
+    return value.upper() in {"1", "ON", "YES", "TRUE"}
 
 
 def _unreachable(url: str) -> str | None:
@@ -73,10 +73,8 @@ def tiktoken_unavailable() -> str | None:
     """Why tiktoken's `gpt2` encoding can neither be read from its cache nor downloaded now, else None."""
     if tiktoken_gpt2_cached():
         return None
-    if _hub_offline_mode():
-        return f"it is not in tiktoken's cache ({_tiktoken_cache_dir()}) and HF_HUB_OFFLINE=1 is set"
-    reason = _unreachable(TIKTOKEN_GPT2_URLS[0])
-    return reason and f"it is not in tiktoken's cache ({_tiktoken_cache_dir()}) and {reason}"
+    reason = "HF_HUB_OFFLINE=1 is set" if _hub_offline_mode() else _unreachable(TIKTOKEN_GPT2_URLS[0])
+    return reason and f"it is not in tiktoken's cache ({_tiktoken_cache_dir() or 'off'}) and {reason}"
 
 
 def load_local_or_hub(load, name, what: str, fix: str):

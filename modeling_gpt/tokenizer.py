@@ -8,7 +8,7 @@ from pathlib import Path
 
 from transformers import AutoTokenizer, GPT2TokenizerFast
 
-from .network import load_local_or_hub, require_hub, tiktoken_unavailable
+from .network import OfflineError, hub_unavailable, load_local_or_hub, tiktoken_unavailable
 
 HUB_ID = "openai-community/gpt2"
 OFFLINE_FIX = ("set TIKTOKEN_CACHE_DIR to a folder holding tiktoken's gpt2 files (e.g. ../shared/data/tiktoken-cache), "
@@ -83,7 +83,9 @@ def gpt2_tokenizer(path: str | os.PathLike | None = None) -> GPT2TokenizerFast:
     tiktoken_reason = tiktoken_unavailable()
     if tiktoken_reason is None:
         return gpt2_tokenizer_from_tiktoken()
-    require_hub(f"GPT-2's tokenizer (not in the Hub cache; for tiktoken, {tiktoken_reason})", OFFLINE_FIX)
+    hub_reason = hub_unavailable()
+    if hub_reason:
+        raise OfflineError(f"GPT-2's tokenizer: {tiktoken_reason}; it is not in the Hub cache either and {hub_reason}: {OFFLINE_FIX}")
     return AutoTokenizer.from_pretrained(HUB_ID)
 
 
