@@ -12,6 +12,7 @@ optimizer groups, checkpoints, metrics, MFU) sit above `main()`, which is the lo
 
 import argparse
 import json
+import logging
 import math
 import os
 import platform
@@ -35,6 +36,7 @@ import token_shards
 from eval import mean_loss, run_tasks
 from modeling_gpt import PRESETS, GPTConfig, GPTForCausalLM
 from modeling_gpt.flops import flops_per_token, peak_tflops
+from modeling_gpt.tokenizer import publishable_tokenizer
 
 MIXED_PRECISION = ("no", "fp16", "bf16")
 TRACKERS = ("auto", "tensorboard", "wandb", "none")
@@ -466,7 +468,7 @@ def export_final(accelerator: Accelerator, model, tokenizer, output_dir: Path):
         with atomic_io.atomic_path(final) as tmp:
             unwrapped = accelerator.unwrap_model(model)
             unwrapped.save_pretrained(tmp, state_dict=state_dict, save_function=accelerator.save)
-            tokenizer.save_pretrained(tmp)
+            publishable_tokenizer(tokenizer, unwrapped.config.n_positions).save_pretrained(tmp)
             eot = tokenizer.eos_token_id
             GenerationConfig(
                 do_sample=True, top_k=50, temperature=1.0, max_new_tokens=128,
@@ -505,6 +507,23 @@ class Run:
     last_good: Optional[Path]  # the newest checkpoint, named when the loss turns non-finite
     elapsed_before: float  # training seconds before the checkpoint this run resumed from
     clock_start: float = field(default_factory=time.perf_counter)
+
+
+class _TiedWeightsNotice(logging.Filter):
+    """accelerate's "Removed shared tensor {'lm_head.weight'} while saving" at every checkpoint: the output layer
+    is tied to the embedding by design and from_pretrained / load_state re-tie it, so there is nothing to check."""
+
+    def filter(self, record):
+        return not record.getMessage().startswith("Removed shared tensor {'lm_head.weight'}")
+
+
+def quiet_libraries():
+    """No library output between the trainer's own lines: transformers' per-save "Writing model shards" bars,
+    accelerate's tied-weights notice."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    logging.getLogger("accelerate.utils.other").addFilter(_TiedWeightsNotice())
 
 
 def make_accelerator(args: TrainArguments) -> tuple[Accelerator, str]:
@@ -563,6 +582,7 @@ def start_up(argv=None) -> Run:
     """Settings, accelerator, data, model, optimizer and, when resuming, the checkpoint."""
     model_args, data_args, args = parse_args(argv)
     output_dir = Path(args.output_dir)
+    quiet_libraries()
     accelerator, tracker = make_accelerator(args)
     device, world = accelerator.device, accelerator.num_processes
     accum = gradient_accumulation_steps(args.total_batch_tokens, args.micro_batch_size, args.seq_len, world)
@@ -598,6 +618,8 @@ def start_up(argv=None) -> Run:
     resume = resume_point(args, checkpoints)
     state = load_checkpoint(accelerator, resume, args, train_loader) if resume is not None else {}
     start_step = state.get("step", 0)
+    if resume is not None:
+        accelerator.print(f"resumed from {resume} (step {start_step}, {state.get('tokens', 0):,} tokens)")
     if accelerator.is_main_process:
         checkpoints.remove_partial()
         output_dir.mkdir(parents=True, exist_ok=True)
@@ -758,11 +780,19 @@ def main(argv=None):
 def train(argv=None):
     run = start_up(argv)
     args = run.args
+    final = Path(args.output_dir) / "final"
+    if run.start_step >= args.max_steps and (final / "config.json").is_file():
+        run.accelerator.print(f"{args.output_dir} already finished: {run.last_good} is step {run.start_step} of "
+                              f"max_steps={args.max_steps} and {final} was exported from it; nothing to do "
+                              "(raise --max_steps to train on, or pick another --output_dir)")
+        run.accelerator.end_training()
+        return
     run.model.train()
     pending = []  # (step, lr, loss, grad norm) of the steps not yet logged; the tensors stay on the device
     since = (time.perf_counter(), run.start_step)  # throughput counts from the previous log line
-    progress = tqdm(total=args.max_steps, initial=run.start_step, disable=not run.accelerator.is_main_process,
-                    desc="train", dynamic_ncols=True)
+    # a bar on a terminal; in a log file the log lines are the progress, without bar fragments between them
+    progress = tqdm(total=args.max_steps, initial=run.start_step, desc="train", dynamic_ncols=True,
+                    disable=not (run.accelerator.is_main_process and sys.stderr.isatty()))
     for step in range(run.start_step, args.max_steps):
         lr = get_lr(step, learning_rate=args.learning_rate, warmup_steps=args.warmup_steps,
                     max_steps=args.max_steps, min_lr_ratio=args.min_lr_ratio)
@@ -780,7 +810,7 @@ def train(argv=None):
         since = (time.perf_counter(), done)
     progress.close()
 
-    final = export_final(run.accelerator, run.model, run.tokenizer, Path(args.output_dir))
+    export_final(run.accelerator, run.model, run.tokenizer, Path(args.output_dir))
     run.accelerator.print(f"done: {args.max_steps} steps; Hugging Face folder in {final}")
     run.accelerator.end_training()
 
