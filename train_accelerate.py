@@ -514,7 +514,7 @@ class _TiedWeightsNotice(logging.Filter):
     is tied to the embedding by design and from_pretrained / load_state re-tie it, so there is nothing to check."""
 
     def filter(self, record):
-        return not record.getMessage().startswith("Removed shared tensor {'lm_head.weight'}")
+        return "Removed shared tensor {'lm_head.weight'} while saving" not in record.getMessage()
 
 
 def quiet_libraries():

@@ -1,10 +1,11 @@
-"""`gpt-eval`: benchmark a causal LM, or `gpt-eval plot` training curves.
+"""`gpt-eval`: benchmark a causal LM (a progress bar per task), or `gpt-eval plot` training curves.
 
   gpt-eval --model PATH_OR_ID --tasks hellaswag,lambada [--data-dir ../shared/data] [--output r.json]
   accelerate launch --multi_gpu --num_processes N -m eval.cli --model ...   (items split across ranks)
-  gpt-eval plot RUN_DIR_or_metrics.jsonl [more runs] --output DIR
+  gpt-eval plot RUN_DIR_or_metrics.jsonl [more runs] --output DIR            (gpt-eval plot --help)
 """
 
+import argparse
 import os
 import sys
 import time
@@ -15,6 +16,7 @@ from typing import Optional
 from transformers import HfArgumentParser
 
 DTYPES = ("float32", "bfloat16", "float16", "auto")
+LOG_SOFTMAX_DTYPES = ("float32", "model")
 
 
 @dataclass
@@ -33,6 +35,11 @@ class EvalArguments:
     batch_size: int = field(default=8, metadata={"help": "Sequences per forward pass."})
     device: Optional[str] = field(default=None, metadata={"help": "cpu, cuda, cuda:1, ...; default cuda when available."})
     dtype: str = field(default="float32", metadata={"help": f"Weights dtype: {', '.join(DTYPES)} (auto: the checkpoint's)."})
+    log_softmax_dtype: str = field(
+        default="float32",
+        metadata={"help": "bfloat16/float16 models: log-softmax in float32 (float32, default) or in the model's dtype as "
+                          "lm-eval does (model); recorded in the results."},
+    )
     tokenizer: Optional[str] = field(default=None, metadata={"help": "Tokenizer folder or Hub id; default: the model's."})
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow a model's own code from the Hub."})
     max_length: Optional[int] = field(default=None, metadata={"help": "Longest input in tokens; default: the model's."})
@@ -48,6 +55,12 @@ class EvalArguments:
 @dataclass
 class PlotArguments:
     output: str = field(default="plots", metadata={"help": "Folder for loss.png and hellaswag.png."})
+
+
+def _parser(dataclass_type, **kwargs) -> HfArgumentParser:
+    kwargs.setdefault("prog", "gpt-eval")
+    kwargs.setdefault("description", __doc__)
+    return HfArgumentParser(dataclass_type, formatter_class=argparse.RawDescriptionHelpFormatter, **kwargs)
 
 
 def _load(args: EvalArguments):
@@ -75,7 +88,12 @@ def evaluate_main(argv) -> dict:
     from .loglikelihood import max_length_of
     from .val_loss import val_loss
 
-    (args,) = HfArgumentParser(EvalArguments).parse_args_into_dataclasses(argv)
+    (args,) = _parser(EvalArguments).parse_args_into_dataclasses(argv)
+    if args.log_softmax_dtype not in LOG_SOFTMAX_DTYPES:
+        raise ValueError(f"--log_softmax_dtype {args.log_softmax_dtype!r}; accepted: {', '.join(LOG_SOFTMAX_DTYPES)}")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # the per-task bars are the progress; no "Loading weights" bar before them
     accelerator = None
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # started by accelerate launch / torchrun
         from accelerate import Accelerator
@@ -92,7 +110,8 @@ def evaluate_main(argv) -> dict:
     if args.tasks:
         results = run_tasks(model, tokenizer, args.tasks, data_dir=args.data_dir, scoring=args.scoring, limit=args.limit,
                             batch_size=args.batch_size, accelerator=accelerator, device=device,
-                            max_length=args.max_length, stride=args.stride)
+                            max_length=args.max_length, stride=args.stride,
+                            upcast=args.log_softmax_dtype == "float32", progress=True)
     if args.val_data_dir:
         seq_len = args.seq_len or args.max_length or max_length_of(model, tokenizer)
         val = val_loss(model, args.val_data_dir, args.batch_size, seq_len, args.val_batches, accelerator)
@@ -104,7 +123,8 @@ def evaluate_main(argv) -> dict:
     if main_process:
         print(format_table(results))
         processes = accelerator.num_processes if accelerator else 1
-        print(f"{args.model} | scoring {args.scoring} | {processes} process(es) | {seconds:.1f} s")
+        print(f"{args.model} | scoring {args.scoring} | {model.dtype}, log-softmax in "
+              f"{'float32' if args.log_softmax_dtype == 'float32' else model.dtype} | {processes} process(es) | {seconds:.1f} s")
         if args.output:
             config = {k: v for k, v in vars(args).items() if k not in ("model", "output")}
             path = save_results(results, args.output, model_name=args.model, scoring=args.scoring, config=config)
@@ -115,7 +135,7 @@ def evaluate_main(argv) -> dict:
 def plot_main(argv) -> list:
     from .plot import plot_runs
 
-    parser = HfArgumentParser(PlotArguments)
+    parser = _parser(PlotArguments, prog="gpt-eval plot", description="Training curves of one or more runs.")
     parser.add_argument("runs", nargs="+", help="Run folders holding metrics.jsonl, or metrics.jsonl files.")
     args, extra = parser.parse_args_into_dataclasses(argv)
     paths = plot_runs(extra.runs, args.output)
