@@ -526,8 +526,23 @@ def quiet_libraries():
     logging.getLogger("accelerate.utils.other").addFilter(_TiedWeightsNotice())
 
 
+def check_devices():
+    """Refuse, before any process group forms, more processes on this machine than it has devices: GPUs, or
+    without a GPU, CPU cores (e.g. an 8-GPU accelerate config on a laptop)."""
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    devices, kind = (gpus, "GPU(s)") if gpus else (os.cpu_count() or 1, "CPU cores and no GPU")
+    if local > devices:
+        raise ConfigError(
+            f"{local} processes were launched on this machine, which has {devices} {kind}: launch at most {devices} "
+            "(accelerate launch --num_processes N, or a config from configs/accelerate/ that fits this machine; "
+            "one process needs no launcher: gpt-train --config ...)"
+        )
+
+
 def make_accelerator(args: TrainArguments) -> tuple[Accelerator, str]:
     """The Accelerator and the tracker it logs to ("none" for no tracker)."""
+    check_devices()
     output_dir = Path(args.output_dir)
     tracker = args.tracker
     if tracker == "auto":
@@ -774,6 +789,10 @@ def main(argv=None):
     try:
         train(argv)
     except (ConfigError, NonFiniteLossError) as err:
+        if os.environ.get("LOCAL_RANK", "0") != "0":
+            # every process refuses alike: local rank 0 says why and fails the launch; the others leave quietly,
+            # so that the launcher neither kills rank 0 before it prints nor lists every rank
+            sys.exit(0)
         sys.exit(f"gpt-train: error: {err}")
 
 

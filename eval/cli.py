@@ -141,6 +141,9 @@ def plot_main(argv) -> list:
     paths = plot_runs(extra.runs, args.output)
     for path in paths:
         print(f"wrote {path}")
+    if not any(p.name == "hellaswag.png" for p in paths):
+        print("no hellaswag.png: no run logged HellaSwag scores (train with --hellaswag true, e.g. "
+              "--hellaswag_data_dir ../shared/data --hellaswag_limit 200, to get the curve with the GPT-2/GPT-3 lines)")
     return paths
 
 
