@@ -334,12 +334,13 @@ def run(args: TokenizeArguments) -> dict:
     t_start = time.perf_counter()
     _check_args(args)
     out = Path(args.output)
+    revision = dataset_revision(args, out)  # before anything is created: offline, nothing is left behind
     out.mkdir(parents=True, exist_ok=True)
     # leftovers of a killed run: half-written shards, manifest or tokenizer
     for stale in [*out.glob("*.bin.tmp"), atomic_io.temp_path(out / MANIFEST), atomic_io.temp_path(out / TOKENIZER_DIR)]:
         atomic_io.remove(stale)
     source, config = _source_and_config(args)
-    source["revision"] = dataset_revision(args, out)
+    source["revision"] = revision
     manifest = _start_or_resume(args, out, source, config)
     if manifest is not None and manifest["stream"]["complete"]:
         print(f"{out} is already complete ({manifest['stream']['tokens']:,} tokens); nothing to do", file=sys.stderr)
