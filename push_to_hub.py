@@ -437,10 +437,11 @@ def describe_data(data_source: dict | None) -> str:
     if hub_dataset(data_source):
         details.append(f"revision `{data_source['revision']}`")
         where = f"[{dataset}](https://huggingface.co/datasets/{dataset})"
-    elif "revision" in data_source:  # recorded by a gpt-tokenize that knows revisions: a local folder
+    elif "revision" in data_source or dataset.startswith((".", "/", "~")):  # a local folder
         where = f"a local copy of a dataset, `{dataset}`"
-    else:
-        where = f"`{dataset}` (revision not recorded)"
+    else:  # a manifest from before revisions were recorded
+        where = f"`{dataset}`"
+        details.append("revision not recorded")
     return where + (f" ({', '.join(details)})" if details else "")
 
 
@@ -646,8 +647,11 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None):
+    from transformers.utils import logging as hf_logging
+
     parser = _parser()
     args = parser.parse_args(argv)
+    hf_logging.disable_progress_bar()  # no "Loading weights" / "Writing model shards" bars around the file list
     try:
         check_repo_id(args.repo_id)
         if not args.dry_run:
