@@ -455,7 +455,7 @@ def _evaluation_section(entries) -> list[str]:
     """The card's evaluation table: every number with its items, data and scoring; partial runs say so."""
     rows = []
     for e in entries:
-        value = f"{e['value']:.4f}" + (f" ± {e['stderr']:.4f}" if e.get("stderr") else "")
+        value = f"{e['value']:.4f}" + (f" ± {e['stderr']:.4f}" if e.get("stderr") is not None else "")
         data = "Hub" if e.get("data_source") == "hub" else f"local copy `{e.get('data_source')}`" if e.get("data_source") else "not recorded"
         n = f"{e['n']:,}" if isinstance(e.get("n"), int) else "?"
         rows.append((e["dataset_title"], e["metric"], value, n + (" (partial)" if e.get("partial") else ""), data, e.get("scoring", "harness")))
