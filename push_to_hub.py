@@ -655,10 +655,10 @@ def main(argv=None):
     try:
         check_repo_id(args.repo_id)
         if not args.dry_run:
-            require_hub(f"uploading to {args.repo_id}", "use --dry-run --output-dir DIR to write the folder now, and "
-                        "upload it later from a machine with network with `hf upload REPO_ID DIR`")
             if get_token() is None:
                 raise ValueError("no Hugging Face token: set HF_TOKEN or run `hf auth login` (or use --dry-run)")
+            require_hub(f"uploading to {args.repo_id}", "use --dry-run --output-dir DIR to write the folder now, and "
+                        "upload it later from a machine with network with `hf upload REPO_ID DIR`")
         source = load_source(args.checkpoint, args.tokenizer)
         name = args.repo_id.split("/")[1]
         with tempfile.TemporaryDirectory() as tmp:

@@ -42,10 +42,10 @@ def _env(tmp_path, mode):
     return env
 
 
-def _run(args, tmp_path, mode, timeout=120):
+def _run(args, tmp_path, mode, extra_env=None, timeout=120):
     start = time.perf_counter()
-    result = subprocess.run(args, cwd=ROOT, env=_env(tmp_path, mode), capture_output=True, text=True,
-                            stdin=subprocess.DEVNULL, timeout=timeout)
+    env = {**_env(tmp_path, mode), **(extra_env or {})}
+    result = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=timeout)
     return result, time.perf_counter() - start
 
 
@@ -84,6 +84,7 @@ def test_cli_downloads_fail_fast_with_the_fix(tmp_path, model_dir):
     result, _ = _run([bin_dir / "gpt-eval", "--model", str(model_dir), "--limit", "2"], tmp_path, "unreachable")
     assert "127.0.0.1:9 is unreachable" in _one_error_line(result, "gpt-eval")
 
-    result, _ = _run([bin_dir / "gpt-push", "--checkpoint", str(model_dir), "--repo-id", "me/tiny"], tmp_path, "offline")
+    env_token = {"HF_TOKEN": "hf_placeholder_never_sent"}  # a token, so that the network is what is missing
+    result, _ = _run([bin_dir / "gpt-push", "--checkpoint", str(model_dir), "--repo-id", "me/tiny"], tmp_path, "offline", env_token)
     line = _one_error_line(result, "gpt-push")
     assert "uploading to me/tiny needs the Hugging Face Hub, but HF_HUB_OFFLINE=1 is set" in line and "--dry-run" in line

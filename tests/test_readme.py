@@ -36,7 +36,7 @@ RUN = {
 
 # why the others are not run here; the first rule that matches a command classifies it
 RULES = [
-    ("set-up (CI runs it)", lambda c: c.startswith(("python -m venv", "pip install", "bash .ci/run", "python -m pytest"))),
+    ("set-up (CI runs it)", lambda c: c.startswith(("python -m venv", "python3 -m venv", "pip install", "bash .ci/run", "python -m pytest"))),
     ("illustration with placeholders", lambda c: "..." in c or "a.parquet" in c),
     ("needs a GPU", lambda c: "cuda" in c or "ddp_8gpu" in c or "multinode" in c or "fsdp" in c
      or (c.startswith("python bench/") and "--threads" not in c)),
