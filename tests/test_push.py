@@ -119,6 +119,10 @@ def test_folder_contents(exported, run):
     native = json.loads((exported / "native" / "config.json").read_text())
     assert native["model_type"] == "gpt2" and "auto_map" not in native
     assert not list((exported / "native").glob("*.py"))
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in [exported / "remote", *(exported / "remote").rglob("*")]:  # readable by a shared cluster's teammates
+        assert path.stat().st_mode & 0o777 == (0o777 if path.is_dir() else 0o666) & ~umask, path
     for kind in ("remote", "native"):
         tokenizer_config = json.loads((exported / kind / "tokenizer_config.json").read_text())
         assert tokenizer_config["model_max_length"] == 256  # n_positions, not 1e30
