@@ -2,6 +2,7 @@
 parses with the run's numbers, checkpoints of every accelerate layout load, bad input is refused."""
 
 import json
+import os
 import re
 import shutil
 from pathlib import Path
