@@ -383,7 +383,9 @@ def run(args: TokenizeArguments) -> dict:
     stopped = max_tokens is not None and tokens_done >= max_tokens  # killed right after the last shard
     stop_reason = "max_tokens" if stopped else "end_of_data"
     workers = args.workers or len(os.sched_getaffinity(0))
-    bar = tqdm(total=max_tokens, initial=tokens_done, unit="tok", unit_scale=True, dynamic_ncols=True, desc="tokenize")
+    # a terminal gets a bar; a log file gets only the summary line, not the bar's fragments
+    bar = tqdm(total=max_tokens, initial=tokens_done, unit="tok", unit_scale=True, dynamic_ncols=True, desc="tokenize",
+               disable=not sys.stderr.isatty())
     t_stream, cpu_stream = time.perf_counter(), time.process_time()
     records = _records(ds, args.text_column, resume)
     pending, exhausted = deque(), False
