@@ -36,6 +36,7 @@ import token_shards
 from eval import mean_loss, run_tasks
 from modeling_gpt import PRESETS, GPTConfig, GPTForCausalLM
 from modeling_gpt.flops import flops_per_token, peak_tflops
+from modeling_gpt.network import OfflineError, load_local_or_hub
 from modeling_gpt.tokenizer import publishable_tokenizer
 
 MIXED_PRECISION = ("no", "fp16", "bf16")
@@ -418,7 +419,8 @@ def ensure_tokenized(data_args: DataArguments, accelerator: Accelerator):
 
 def build_model(model_args: ModelArguments, vocab_size: int, eot_id: int) -> GPTForCausalLM:
     if model_args.init_from is not None:
-        config = AutoConfig.from_pretrained(model_args.init_from)
+        config = load_local_or_hub(AutoConfig.from_pretrained, model_args.init_from, "init_from",
+                                   "give the folder of a saved model instead of a Hub id")
         if config.model_type == "gpt2":
             model = GPTForCausalLM.from_gpt2(model_args.init_from)
         elif config.model_type == GPTConfig.model_type:
@@ -788,7 +790,7 @@ def maybe_save(run: Run, step: int):
 def main(argv=None):
     try:
         train(argv)
-    except (ConfigError, NonFiniteLossError) as err:
+    except (ConfigError, NonFiniteLossError, OfflineError) as err:
         if os.environ.get("LOCAL_RANK", "0") != "0":
             # every process refuses alike: local rank 0 says why and fails the launch; the others leave quietly,
             # so that the launcher neither kills rank 0 before it prints nor lists every rank
