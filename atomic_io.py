@@ -34,10 +34,31 @@ def remove(path: PathLike) -> None:
         path.unlink(missing_ok=True)
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def share_modes(path: PathLike) -> None:
+    """Give a file or folder tree the modes a plain `open`/`mkdir` would (0644 / 0755 under umask 022).
+
+    Temporary files and folders (mkstemp, mkdtemp, transformers' weight writer) are private (0600 / 0700): a
+    finished model would be unreadable by the teammates of a shared cluster."""
+    mask = _umask()
+    path = Path(path)
+    for p in [path, *path.rglob("*")] if path.is_dir() else [path]:
+        if not p.is_symlink():
+            executable = p.is_dir() or p.stat().st_mode & 0o100
+            p.chmod((0o777 if executable else 0o666) & ~mask)
+
+
 def replace(src: PathLike, dst: PathLike) -> Path:
-    """Rename `src` to `dst`, replacing what is there. A folder at `dst` is first renamed aside (`os.replace`
-    cannot replace a non-empty folder) and deleted after; a crash in between leaves `.<name>.old` beside it."""
+    """Rename `src` to `dst`, replacing what is there, with the usual umask modes (`share_modes`). A folder at
+    `dst` is first renamed aside (`os.replace` cannot replace a non-empty folder) and deleted after; a crash in
+    between leaves `.<name>.old` beside it."""
     src, dst = Path(src), Path(dst)
+    share_modes(src)
     if dst.is_dir() and not dst.is_symlink():
         old = dst.with_name(f".{dst.name}.old")
         remove(old)

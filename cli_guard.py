@@ -2,8 +2,8 @@
 
 - `run_cli`: the one error path. An expected failure ends in one line `gpt-X: error: ...` on stderr and a
   non-zero exit (2: bad input, 1: a run that could not finish, 130: Ctrl-C); the traceback is shown only
-  with `--debug` or GPT_DEBUG=1. Under `accelerate launch` only the process of rank 0 prints it, and the
-  processes whose collectives broke because another one failed print nothing more.
+  with `--debug` or GPT_DEBUG=1. Under `accelerate launch` only the process of rank 0 prints it; the others
+  exit quietly (0), so that the launcher neither stops rank 0 before it prints nor lists every process.
 - `FolderLock`: an flock on `FOLDER/.lock`, so that two runs never write one output folder; the kernel
   drops it when its holder dies, so a killed run leaves no stale lock.
 - `check_pickles`: the one weights-only path for the pickled metadata of torch.distributed.checkpoint
@@ -92,7 +92,11 @@ def run_cli(prog: str, main, argv=None, interrupted: str = "interrupted (Ctrl-C)
             lock.release()
     if debug:
         traceback.print_exception(failure)
-    if text is not None and _rank() == 0:
+    if _rank() != 0:
+        # rank 0 says why and fails the launch; the others leave quietly, so that the launcher neither stops rank 0
+        # before it prints nor lists every process
+        sys.exit(0)
+    if text is not None:
         print(f"{prog}: error: {text}", file=sys.stderr, flush=True)
     sys.exit(code)
 

@@ -28,9 +28,9 @@ import atomic_io
 from cli_guard import (RunError, check_pickles, check_safetensors, jsonl_lines, load_weights_only, missing_local_folder,
                        nonfinite_weights, run_cli)
 from modeling_gpt import GPTConfig, GPTForCausalLM
-from modeling_gpt.tokenizer import gpt2_tokenizer
+from modeling_gpt.network import require_hub
+from modeling_gpt.tokenizer import gpt2_tokenizer, publishable_tokenizer
 
-DATASET = "HuggingFaceFW/fineweb-edu"
 PROMPTS = ("The meaning of life is", "In physics, energy is", "The best way to learn a new language is")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json")
 CONFIG_KEYS = ("architectures", "auto_map", "model_type", "transformers_version", "dtype", "torch_dtype")
@@ -49,6 +49,7 @@ class Source:
     run_dir: Path | None = None
     trainer_state: dict = field(default_factory=dict)
     metrics: list = field(default_factory=list)  # metrics.jsonl rows up to the exported step
+    data_source: dict | None = None  # the token shards' manifest "source": what gpt-tokenize read, as it recorded it
     path: Path | None = None  # the folder it was read from
 
 
@@ -156,6 +157,24 @@ def _checkpoint_config(folder: Path, state: dict, run_dir: Path | None) -> tuple
     )
 
 
+def _data_dirs(state: dict, run_dir: Path | None) -> list[Path]:
+    """Where the run's token shards may be: its data_dir, as given or relative to the run folder's parent."""
+    data_dir = state.get("config", {}).get("data_dir")
+    if not data_dir:
+        return []
+    return [Path(data_dir), *([run_dir.parent / data_dir] if run_dir else [])]
+
+
+def _data_source(state: dict, run_dir: Path | None) -> dict | None:
+    """What the model was trained on, as gpt-tokenize recorded it in the shards' manifest (None: not known)."""
+    if isinstance(state.get("data_source"), dict):
+        return state["data_source"]
+    for folder in _data_dirs(state, run_dir):
+        if (folder / "manifest.json").is_file():
+            return _read_json(folder / "manifest.json").get("source")
+    return None
+
+
 def _load_tokenizer(path: Path, tokenizer_path, state: dict, run_dir: Path | None):
     """The tokenizer the model was trained with: --tokenizer, the folder itself, the run's final/, the data's tokenizer."""
     if tokenizer_path is not None:
@@ -163,10 +182,7 @@ def _load_tokenizer(path: Path, tokenizer_path, state: dict, run_dir: Path | Non
             raise FileNotFoundError(f"--tokenizer {tokenizer_path}: no such folder")
         return gpt2_tokenizer(tokenizer_path)  # a folder or a Hub id
     candidates = [path, *([run_dir / "final"] if run_dir else [])]
-    data_dir = state.get("config", {}).get("data_dir")
-    if data_dir:
-        # the shards' tokenizer/ folder (token_shards layout); a relative data_dir may be relative to the run's parent
-        candidates += [Path(data_dir) / "tokenizer", *([run_dir.parent / data_dir / "tokenizer"] if run_dir else [])]
+    candidates += [folder / "tokenizer" for folder in _data_dirs(state, run_dir)]
     for candidate in candidates:
         if any((candidate / name).is_file() for name in TOKENIZER_FILES):
             return gpt2_tokenizer(candidate)
@@ -237,7 +253,7 @@ def load_source(checkpoint, tokenizer=None) -> Source:
     model.eval()
     tok = _load_tokenizer(path, tokenizer, state, run_dir)
     _check_tokenizer(tok, model.config, state)
-    return Source(model, tok, run_dir, state, _read_metrics(run_dir, max_step), path)
+    return Source(model, tok, run_dir, state, _read_metrics(run_dir, max_step), _data_source(state, run_dir), path)
 
 
 # ----------------------------------------------------------------------------- the model card
@@ -261,7 +277,11 @@ def _eval_files(run_dir: Path | None) -> list[Path]:
 
 
 def read_eval_entries(paths) -> list[dict]:
-    """One record per (task, metric) from eval results JSON files written by eval.save_results."""
+    """One record per (task, metric) from eval results JSON files written by eval.save_results.
+
+    The records are rebuilt from the file's results and config (data_dir, limit), so that files written before
+    the records knew their data source and completeness get them too.
+    """
     from eval.results import result_entries
 
     entries = []
@@ -269,8 +289,15 @@ def read_eval_entries(paths) -> list[dict]:
         data = _read_json(Path(path))
         if not isinstance(data.get("results"), dict):
             raise ValueError(f"{path} has no 'results' object: is it a file written by gpt-eval / eval.save_results?")
-        entries += data.get("entries") or result_entries(data["results"], data.get("model"), data.get("scoring", "harness"))
+        config = data.get("config") or {}
+        entries += result_entries(data["results"], data.get("model"), data.get("scoring", "harness"),
+                                  config.get("data_dir"), config.get("limit"))
     return entries
+
+
+def model_index_entries(entries) -> list[dict]:
+    """The entries that may be published as a benchmark's score: complete runs on the official Hub data."""
+    return [e for e in entries if e.get("dataset") and e.get("data_source") == "hub" and not e.get("partial")]
 
 
 def _eval_results(entries) -> list[EvalResult]:
@@ -278,10 +305,12 @@ def _eval_results(entries) -> list[EvalResult]:
         EvalResult(
             task_type="text-generation", task_name="Text Generation",
             dataset_type=e["dataset"], dataset_name=e["dataset_title"], dataset_config=e.get("dataset_config"),
-            dataset_split=e.get("dataset_split"), dataset_args={"num_few_shot": 0},
-            metric_type=e["metric"], metric_value=round(float(e["value"]), 4), metric_name=f"{e['metric']} (0-shot)",
+            dataset_split=e.get("dataset_split"), dataset_args={"num_few_shot": 0, "num_items": e.get("n")},
+            metric_type=e["metric"], metric_value=round(float(e["value"]), 4),
+            metric_name=f"{e['metric']} (0-shot, {e.get('scoring', 'harness')} scoring, {e.get('n')} items)",
+            metric_config=e.get("scoring", "harness"),
         )
-        for e in entries
+        for e in model_index_entries(entries)
     ]
 
 
@@ -404,43 +433,89 @@ def _table(rows, header=("", "")) -> str:
     return "\n".join(lines + [f"| {a} | {b} |" for a, b in rows])
 
 
+def hub_dataset(data_source: dict | None) -> str | None:
+    """The Hub dataset id the model was trained on, when gpt-tokenize recorded one with its revision."""
+    if data_source and data_source.get("dataset") and data_source.get("revision") and not data_source.get("data_files"):
+        return data_source["dataset"]
+    return None
+
+
+def describe_data(data_source: dict | None) -> str:
+    """The training data in words (markdown), exactly as far as gpt-tokenize recorded it."""
+    if not data_source:
+        return "data the run did not record"
+    dataset, files = data_source.get("dataset"), data_source.get("data_files")
+    if files:
+        return "local files " + ", ".join(f"`{f}`" for f in files[:3]) + (f" and {len(files) - 3} more" if len(files) > 3 else "")
+    details = [f"{key} `{data_source[key]}`" for key in ("name", "split") if data_source.get(key)]
+    if hub_dataset(data_source):
+        details.append(f"revision `{data_source['revision']}`")
+        where = f"[{dataset}](https://huggingface.co/datasets/{dataset})"
+    elif "revision" in data_source or dataset.startswith((".", "/", "~")):  # a local folder
+        where = f"a local copy of a dataset, `{dataset}`"
+    else:  # a manifest from before revisions were recorded
+        where = f"`{dataset}`"
+        details.append("revision not recorded")
+    return where + (f" ({', '.join(details)})" if details else "")
+
+
+def _provenance(source: Source) -> str:
+    init_from = source.trainer_state.get("config", {}).get("init_from")
+    start = f"fine-tuned from `{init_from}`" if init_from else "pretrained from scratch"
+    return f"{start} on {describe_data(source.data_source)}"
+
+
+def _evaluation_section(entries) -> list[str]:
+    """The card's evaluation table: every number with its items, data and scoring; partial runs say so."""
+    rows = []
+    for e in entries:
+        value = f"{e['value']:.4f}" + (f" ± {e['stderr']:.4f}" if e.get("stderr") is not None else "")
+        data = "Hub" if e.get("data_source") == "hub" else f"local copy `{e.get('data_source')}`" if e.get("data_source") else "not recorded"
+        n = f"{e['n']:,}" if isinstance(e.get("n"), int) else "?"
+        rows.append((e["dataset_title"], e["metric"], value, n + (" (partial)" if e.get("partial") else ""), data, e.get("scoring", "harness")))
+    lines = [
+        "## Evaluation\n",
+        "Zero-shot, measured with the project's `gpt-eval`: scoring `harness` follows lm-evaluation-harness, `nanogpt` "
+        "follows build-nanogpt's HellaSwag. Only complete evaluations on the Hub datasets enter the model-index "
+        "metadata; numbers on part of a benchmark (`--limit`, marked partial) or on a local copy are shown here only.\n",
+        "| Task | Metric | Value | Items | Data | Scoring |\n|---|---|---|---|---|---|\n"
+        + "\n".join("| " + " | ".join(row) + " |" for row in rows) + "\n",
+    ]
+    return lines
+
+
 def build_card(source: Source, repo_id: str, *, native: bool, entries, samples, plots, license: str,
                generation: dict, revision: str | None = None) -> ModelCard:
     """The README.md: YAML metadata (license, dataset, pipeline, model-index) and the text a reader needs."""
     name = repo_id.split("/")[1]
     modern = source.model.config.norm == "rmsnorm"
+    dataset = hub_dataset(source.data_source)
     data = ModelCardData(
-        language="en", license=license, datasets=[DATASET], pipeline_tag="text-generation",
+        language="en", license=license, datasets=[dataset] if dataset else None, pipeline_tag="text-generation",
         library_name="transformers", model_name=name,
-        tags=["gpt2" if not modern else "llama", "fineweb-edu", "pretrained", *([] if native else ["custom_code"])],
+        tags=["gpt2" if not modern else "llama", *(["fineweb-edu"] if dataset and "fineweb-edu" in dataset.lower() else []),
+              "pretrained", *([] if native else ["custom_code"])],
         eval_results=_eval_results(entries) or None,
     )
     tokens = _first(source.metrics[-1] if source.metrics else {}, "tokens") or _first(source.trainer_state, "tokens")
     kind = "a modern GPT (RMSNorm, SwiGLU, RoPE, no biases)" if modern else "a GPT-2"
     body = [
         f"# {name}\n",
-        f"{name} is {kind} language model with {_human(_num_parameters(source.model))} parameters, pretrained from "
-        f"scratch on [FineWeb-Edu](https://huggingface.co/datasets/{DATASET})"
+        f"{name} is {kind} language model with {_human(_num_parameters(source.model))} parameters, {_provenance(source)}"
         + (f" ({_human(tokens)} tokens)" if tokens else "") + " with modeling-gpt. It is a base model: it continues "
         "text; it was not instruction-tuned or aligned.\n",
         "## Usage\n",
         "```python\n" + usage_snippet(repo_id, native, revision) + "```\n",
         f"Sampling defaults (generation_config.json): top-k {generation['top_k']}, temperature "
-        f"{generation['temperature']}, `do_sample=True`; pass `do_sample=False` for greedy decoding.\n",
+        f"{generation['temperature']}, `do_sample=True`; pass `do_sample=False` for greedy decoding. The tokenizer pads "
+        "with the end-of-text token on the left, as batched generation needs.\n",
         "## Model\n",
         _table(_architecture_rows(source.model, native)) + "\n",
         "## Training\n",
         _table(_training_rows(source)) + "\n",
     ]
     if entries:
-        rows = [(e["dataset_title"], e["metric"], f"{e['value']:.4f}" + (f" ± {e['stderr']:.4f}" if e.get("stderr") else ""),
-                 e.get("n", ""), e.get("scoring", "harness")) for e in entries]
-        body += [
-            "## Evaluation\n",
-            "Zero-shot, measured with the project's `gpt-eval` (lm-evaluation-harness conventions).\n",
-            "| Task | Metric | Value | Examples | Scoring |\n|---|---|---|---|---|\n"
-            + "\n".join(f"| {t} | {m} | {v} | {n} | {s} |" for t, m, v, n, s in rows) + "\n",
-        ]
+        body += _evaluation_section(entries)
     if plots:
         body += ["## Training curves\n", "\n".join(f"![{p.stem}]({p.as_posix()})" for p in plots) + "\n"]
     if samples:
@@ -552,9 +627,7 @@ def export(source: Source, output_dir, repo_id: str, *, native=False, eval_resul
     if bad:
         raise ValueError(f"refusing to export: {len(bad)} weight tensor(s) hold NaN or inf (e.g. {bad[0]}); "
                          "publish an earlier checkpoint of the run")
-    model, tokenizer = source.model, copy.deepcopy(source.tokenizer)
-    # tell pipelines and users the context length rather than the "unlimited" default of a fresh tokenizer
-    tokenizer.model_max_length = min(tokenizer.model_max_length, model.config.n_positions)
+    model, tokenizer = source.model, publishable_tokenizer(source.tokenizer, source.model.config.n_positions)
     gen = generation_config(tokenizer, model.config)
     published = native_model(model) if native else model
     published.generation_config = gen
@@ -616,10 +689,16 @@ def main(argv=None):
 
 
 def _main(argv):
+    from transformers.utils import logging as hf_logging
+
     args = _parser().parse_args(argv)
+    hf_logging.disable_progress_bar()  # no "Loading weights" / "Writing model shards" bars around the file list
     check_repo_id(args.repo_id)
-    if not args.dry_run and get_token() is None:
-        raise ValueError("no Hugging Face token: set HF_TOKEN or run `hf auth login` (or use --dry-run)")
+    if not args.dry_run:
+        if get_token() is None:
+            raise ValueError("no Hugging Face token: set HF_TOKEN or run `hf auth login` (or use --dry-run)")
+        require_hub(f"uploading to {args.repo_id}", "use --dry-run --output-dir DIR to write the folder now, and "
+                    "upload it later from a machine with network with `hf upload REPO_ID DIR`")
     source = load_source(args.checkpoint, args.tokenizer)
     name = args.repo_id.split("/")[1]
     with tempfile.TemporaryDirectory() as tmp:

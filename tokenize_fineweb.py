@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 import atomic_io
 import token_shards
 from cli_guard import FolderLock, UserError, jsonl_lines, run_cli
+from modeling_gpt.network import tiktoken_unavailable
 from token_shards import MANIFEST, TOKENIZER_DIR, token_dtype, write_json_atomic, write_shard
 
 EOT_TEXT = "<|endoftext|>"
@@ -91,7 +92,31 @@ def _jsonl_records(files):
             yield record
 
 
-def load_source(args: TokenizeArguments):
+def is_hub_dataset(args: TokenizeArguments) -> bool:
+    return not args.data_files and not Path(args.dataset).exists()
+
+
+def dataset_revision(args: TokenizeArguments, out: Path) -> str | None:
+    """The Hub dataset's commit to read (None for local data): the one a resumed run recorded, else the newest.
+
+    The manifest records it, so that a model card can say exactly what the model was trained on.
+    """
+    if not is_hub_dataset(args):
+        return None
+    from modeling_gpt.network import require_hub
+
+    require_hub(f"--dataset {args.dataset}", "streaming a Hub dataset needs the network; offline, give a local folder "
+                "laid out like it (e.g. --dataset ../shared/data/fineweb-edu-mini --name sample-10BT) or --data-files")
+    if (out / MANIFEST).is_file():
+        recorded = token_shards.read_manifest(out).get("source", {})
+        if recorded.get("dataset") == args.dataset and recorded.get("revision"):
+            return recorded["revision"]
+    from huggingface_hub import HfApi
+
+    return HfApi().dataset_info(args.dataset).sha
+
+
+def load_source(args: TokenizeArguments, revision: str | None = None):
     """A streaming datasets.IterableDataset holding only the text column."""
     import datasets
 
@@ -105,7 +130,7 @@ def load_source(args: TokenizeArguments):
         else:
             ds = datasets.load_dataset("parquet", data_files=list(args.data_files), split="train", streaming=True)
     else:
-        ds = datasets.load_dataset(args.dataset, name=args.name, split=args.split, streaming=True)
+        ds = datasets.load_dataset(args.dataset, name=args.name, split=args.split, streaming=True, revision=revision)
     columns = ds.column_names or list(next(iter(ds), {}).keys())
     if args.text_column not in columns:
         raise TokenizeError(f"--text-column {args.text_column!r} is not in the data; columns present: {', '.join(columns) or 'none'}")
@@ -242,7 +267,8 @@ def prepare_tokenizer(args, out: Path, ds, resume_hash):
     name = f"trained-bpe-{args.vocab_size}" if args.train_tokenizer else args.tokenizer
     eot_id, vocab_size = _eot_id(hf, name), len(hf)
     dtype = token_dtype(vocab_size)
-    if args.tokenizer == "gpt2" and not args.train_tokenizer:
+    # tiktoken when its files are at hand (the Hub's cached GPT-2 tokenizer may be all there is offline)
+    if args.tokenizer == "gpt2" and not args.train_tokenizer and tiktoken_unavailable() is None:
         import tiktoken
 
         backend, backend_name = tiktoken.get_encoding("gpt2"), "tiktoken"  # same ids as the saved GPT-2 tokenizer, ~5x faster
@@ -270,6 +296,7 @@ def _start_or_resume(args, out: Path, source, config):
         return None
     manifest = token_shards.read_manifest(out)
     damaged = _damaged_shard(out, manifest)
+    manifest["source"] = {"revision": None, **manifest.get("source", {})}  # written before revisions were recorded
     if manifest.get("source") == source and manifest.get("config") == config and "stream" in manifest and not damaged:
         return manifest
     if damaged and not args.overwrite:
@@ -322,22 +349,25 @@ def run(args: TokenizeArguments) -> dict:
     """Tokenize the source into args.output; return the final manifest plus timings.
 
     The folder is locked while the run writes it: a second run into it is refused with the holder's pid."""
-    _check_args(args)
-    with FolderLock(args.output, "--output"):
-        return _run(args, Path(args.output))
-
-
-def _run(args: TokenizeArguments, out: Path) -> dict:
     t_start = time.perf_counter()
+    _check_args(args)
+    out = Path(args.output)
+    revision = dataset_revision(args, out)  # before anything is created: offline, nothing is left behind
+    with FolderLock(out, "--output"):
+        return _run(args, out, revision, t_start)
+
+
+def _run(args: TokenizeArguments, out: Path, revision, t_start: float) -> dict:
     # leftovers of a killed run: half-written shards, manifest or tokenizer
     for stale in [*out.glob("*.bin.tmp"), atomic_io.temp_path(out / MANIFEST), atomic_io.temp_path(out / TOKENIZER_DIR)]:
         atomic_io.remove(stale)
     source, config = _source_and_config(args)
+    source["revision"] = revision
     manifest = _start_or_resume(args, out, source, config)
     if manifest is not None and manifest["stream"]["complete"]:
         print(f"{out} is already complete ({manifest['stream']['tokens']:,} tokens); nothing to do", file=sys.stderr)
         return manifest
-    ds = load_source(args)
+    ds = load_source(args, source["revision"])
     tok_info, vocab_size, eot_id, encoder = prepare_tokenizer(args, out, ds, manifest and manifest["tokenizer"]["hash"])
     if manifest is None:
         manifest = {"format": "gpt-token-shards", "version": token_shards.VERSION, "source": source, "config": config,
@@ -375,7 +405,9 @@ def _run(args: TokenizeArguments, out: Path) -> dict:
     stopped = max_tokens is not None and tokens_done >= max_tokens  # killed right after the last shard
     stop_reason = "max_tokens" if stopped else "end_of_data"
     workers = args.workers or len(os.sched_getaffinity(0))
-    bar = tqdm(total=max_tokens, initial=tokens_done, unit="tok", unit_scale=True, dynamic_ncols=True, desc="tokenize")
+    # a terminal gets a bar; a log file gets only the summary line, not the bar's fragments
+    bar = tqdm(total=max_tokens, initial=tokens_done, unit="tok", unit_scale=True, dynamic_ncols=True, desc="tokenize",
+               disable=not sys.stderr.isatty())
     t_stream, cpu_stream = time.perf_counter(), time.process_time()
     records = _records(ds, args.text_column, resume)
     pending, exhausted = deque(), False

@@ -13,6 +13,7 @@ optimizer groups, checkpoints, metrics, MFU) sit above `main()`, which is the lo
 import argparse
 import hashlib
 import json
+import logging
 import math
 import os
 import platform
@@ -40,6 +41,8 @@ from cli_guard import (FolderLock, Interrupted, RunError, UserError, check_pickl
 from eval import mean_loss, run_tasks
 from modeling_gpt import PRESETS, GPTConfig, GPTForCausalLM
 from modeling_gpt.flops import flops_per_token, peak_tflops
+from modeling_gpt.network import load_local_or_hub
+from modeling_gpt.tokenizer import publishable_tokenizer
 
 MIXED_PRECISION = ("no", "fp16", "bf16")
 TRACKERS = ("auto", "tensorboard", "wandb", "none")
@@ -442,7 +445,8 @@ def ensure_tokenized(data_args: DataArguments, accelerator: Accelerator):
 
 def build_model(model_args: ModelArguments, vocab_size: int, eot_id: int) -> GPTForCausalLM:
     if model_args.init_from is not None:
-        config = AutoConfig.from_pretrained(model_args.init_from)
+        config = load_local_or_hub(AutoConfig.from_pretrained, model_args.init_from, "init_from",
+                                   "give the folder of a saved model instead of a Hub id")
         if config.model_type == "gpt2":
             model = GPTForCausalLM.from_gpt2(model_args.init_from)
         elif config.model_type == GPTConfig.model_type:
@@ -511,7 +515,7 @@ def export_final(accelerator: Accelerator, model, tokenizer, output_dir: Path):
         then = "run the same command with --resume_from_checkpoint latest: it exports final/ from the last checkpoint"
         with writing(final, then), atomic_io.atomic_path(final) as tmp:
             unwrapped.save_pretrained(tmp, state_dict=state_dict, save_function=accelerator.save)
-            tokenizer.save_pretrained(tmp)
+            publishable_tokenizer(tokenizer, unwrapped.config.n_positions).save_pretrained(tmp)
             eot = tokenizer.eos_token_id
             GenerationConfig(
                 do_sample=True, top_k=50, temperature=1.0, max_new_tokens=128,
@@ -553,8 +557,40 @@ class Run:
     clock_start: float = field(default_factory=time.perf_counter)
 
 
+class _TiedWeightsNotice(logging.Filter):
+    """accelerate's "Removed shared tensor {'lm_head.weight'} while saving" at every checkpoint: the output layer
+    is tied to the embedding by design and from_pretrained / load_state re-tie it, so there is nothing to check."""
+
+    def filter(self, record):
+        return "Removed shared tensor {'lm_head.weight'} while saving" not in record.getMessage()
+
+
+def quiet_libraries():
+    """No library output between the trainer's own lines: transformers' per-save "Writing model shards" bars,
+    accelerate's tied-weights notice."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    logging.getLogger("accelerate.utils.other").addFilter(_TiedWeightsNotice())
+
+
+def check_devices():
+    """Refuse, before any process group forms, more processes on this machine than it has devices: GPUs, or
+    without a GPU, CPU cores (e.g. an 8-GPU accelerate config on a laptop)."""
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    devices, kind = (gpus, "GPU(s)") if gpus else (os.cpu_count() or 1, "CPU cores and no GPU")
+    if local > devices:
+        raise ConfigError(
+            f"{local} processes were launched on this machine, which has {devices} {kind}: launch at most {devices} "
+            "(accelerate launch --num_processes N, or a config from configs/accelerate/ that fits this machine; "
+            "one process needs no launcher: gpt-train --config ...)"
+        )
+
+
 def make_accelerator(args: TrainArguments) -> tuple[Accelerator, str]:
     """The Accelerator and the tracker it logs to ("none" for no tracker)."""
+    check_devices()
     output_dir = Path(args.output_dir)
     tracker = args.tracker
     if tracker == "auto":
@@ -747,6 +783,7 @@ def start_up(argv=None) -> Run:
     """Settings, accelerator, data, model, optimizer and, when resuming, the checkpoint."""
     model_args, data_args, args = parse_args(argv)
     output_dir = Path(args.output_dir)
+    quiet_libraries()
     accelerator, tracker = make_accelerator(args)
     lock_output_dir(accelerator, output_dir)
     device, world = accelerator.device, accelerator.num_processes
@@ -790,6 +827,8 @@ def start_up(argv=None) -> Run:
         check_resume(resume, state, changes, args)
         load_checkpoint(accelerator, resume, state, train_loader, changes)
     start_step = state.get("step", 0)
+    if resume is not None:
+        accelerator.print(f"resumed from {resume} (step {start_step}, {state.get('tokens', 0):,} tokens)")
     if accelerator.is_main_process:
         if resume is None and args.overwrite_output_dir:  # asked for: the earlier run's results go
             atomic_io.remove(checkpoints.root)
@@ -974,11 +1013,19 @@ def main(argv=None):
 def train(argv=None):
     run = start_up(argv)
     args = run.args
+    final = Path(args.output_dir) / "final"
+    if run.start_step >= args.max_steps and (final / "config.json").is_file():
+        run.accelerator.print(f"{args.output_dir} already finished: {run.last_good} is step {run.start_step} of "
+                              f"max_steps={args.max_steps} and {final} was exported from it; nothing to do "
+                              "(raise --max_steps to train on, or pick another --output_dir)")
+        run.accelerator.end_training()
+        return
     run.model.train()
     pending = []  # (step, lr, loss, grad norm) of the steps not yet logged; the tensors stay on the device
     since = (time.perf_counter(), run.start_step)  # throughput counts from the previous log line
-    progress = tqdm(total=args.max_steps, initial=run.start_step, disable=not run.accelerator.is_main_process,
-                    desc="train", dynamic_ncols=True)
+    # a bar on a terminal; in a log file the log lines are the progress, without bar fragments between them
+    progress = tqdm(total=args.max_steps, initial=run.start_step, desc="train", dynamic_ncols=True,
+                    disable=not (run.accelerator.is_main_process and sys.stderr.isatty()))
     step = run.start_step
     try:
         for step in range(run.start_step, args.max_steps):
@@ -1001,7 +1048,7 @@ def train(argv=None):
     finally:
         progress.close()
 
-    final = export_final(run.accelerator, run.model, run.tokenizer, Path(args.output_dir))
+    export_final(run.accelerator, run.model, run.tokenizer, Path(args.output_dir))
     run.accelerator.print(f"done: {args.max_steps} steps; Hugging Face folder in {final}")
     run.accelerator.end_training()
 

@@ -5,7 +5,7 @@
 
 --models takes presets (tiny, gpt2: GPTForCausalLM with random weights of the right shape; the speed
 does not depend on the weights) or model folders / Hub ids (then acc and acc_norm mean something).
-Prints a table and writes bench/results/eval_<device>.json.
+Prints a table and writes out/bench/eval_<device>.json (--save: the tracked bench/results/eval_<device>.json).
 """
 
 import os
@@ -20,6 +20,7 @@ import torch
 from transformers import AutoModelForCausalLM, HfArgumentParser
 
 import atomic_io
+from bench_output import SAVE_HELP, results_path
 from eval import run_tasks
 from modeling_gpt import GPTConfig, GPTForCausalLM
 from modeling_gpt.tokenizer import gpt2_tokenizer
@@ -38,7 +39,8 @@ class BenchArguments:
     dtype: Optional[str] = field(default=None, metadata={"help": "float32, bfloat16 or float16; default float32 CPU, bfloat16 GPU."})
     scoring: str = field(default="harness", metadata={"help": "HellaSwag scoring: harness or nanogpt."})
     data_dir: str = field(default=str(REPO.parent / "shared" / "data"), metadata={"help": "Folder laid out like ../shared/data."})
-    output: Optional[str] = field(default=None, metadata={"help": "JSON path; default bench/results/eval_<device>.json."})
+    output: Optional[str] = field(default=None, metadata={"help": "JSON path; default out/bench/eval_<device>.json."})
+    save: bool = field(default=False, metadata={"help": SAVE_HELP})
 
 
 def build(name: str, dtype, device):
@@ -88,7 +90,7 @@ def main(argv=None):
         cells = [f"{r[h]:.4f}" if h.startswith("acc") else str(r[h]) for h in header]
         print("  ".join(c.rjust(w) for c, w in zip(cells, widths)))
 
-    out = Path(args.output or REPO / "bench" / "results" / f"eval_{'gpu' if on_gpu else 'cpu'}.json")
+    out = results_path(f"eval_{'gpu' if on_gpu else 'cpu'}.json", args.output, args.save)
     report = {"device": args.device, "device_name": device_name, "threads": torch.get_num_threads(),
               "torch": torch.__version__, "command": "python bench/bench_eval.py " + " ".join(argv or sys.argv[1:]), "rows": rows}
     atomic_io.write_json(out, report, indent=2)

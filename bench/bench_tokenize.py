@@ -1,6 +1,6 @@
 """Tokenization throughput: tokenize_fineweb.py end to end against single-process tiktoken.
 
-    python bench/bench_tokenize.py                   # ~50 MB of text, best of 5, writes bench/results/tokenize_cpu.json
+    python bench/bench_tokenize.py                   # ~50 MB of text, best of 5, writes out/bench/tokenize_cpu.json (--save: bench/results/)
 
 The text is the local FineWeb-Edu stand-in (../shared/data/fineweb-edu-mini) repeated to ~50 MB and
 written as one parquet file. Rows:
@@ -33,6 +33,7 @@ import pyarrow.parquet as pq  # noqa: E402
 import tiktoken  # noqa: E402
 
 import atomic_io  # noqa: E402
+from bench_output import SAVE_HELP, results_path  # noqa: E402
 from tokenize_fineweb import TokenizeArguments, run  # noqa: E402
 
 def make_corpus(folder: Path, target_mb: float) -> tuple[Path, list[str]]:
@@ -61,7 +62,8 @@ def main():
     parser.add_argument("--repeats", type=int, default=5, help="runs of each configuration; the best counts")
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 1], help="encoder threads to try (0: all cores)")
     parser.add_argument("--shard-size", type=int, default=2_000_000, help="tokens per shard")
-    parser.add_argument("--output", default=str(REPO / "bench" / "results" / "tokenize_cpu.json"))
+    parser.add_argument("--output", default=None, help="JSON path (default out/bench/tokenize_cpu.json)")
+    parser.add_argument("--save", action="store_true", help=SAVE_HELP)
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -122,7 +124,7 @@ def main():
                    "cores_busy": None if cpu is None else round(cpu, 3), "speedup_vs_baseline": round(best / seconds, 3)}
                   for name, threads, seconds, cpu in rows],
     }
-    atomic_io.write_json(args.output, report, indent=2)
+    atomic_io.write_json(results_path("tokenize_cpu.json", args.output, args.save), report, indent=2)
     print(f"\nwrote {args.output}")
 
 

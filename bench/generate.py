@@ -8,7 +8,7 @@ Prints a table (tokens/s, ratio, whether both produced the same tokens) and writ
     python bench/generate.py --preset gpt2
     # this CPU: fp32, one thread
     python bench/generate.py --preset gpt2 --n_layer 4 --n_embd 256 --n_head 4 --threads 1 \
-        --output bench/results/generate_cpu_small.json
+        --output out/bench/generate_cpu_small.json
 """
 
 import time
@@ -19,8 +19,9 @@ import torch
 from transformers import GenerationConfig, HfArgumentParser
 
 import atomic_io
+from bench_output import SAVE_HELP, results_path
 from train_throughput import (
-    DTYPES, RESULTS, build_config, build_models, environment, max_logit_diff, parse_models, print_table,
+    DTYPES, build_config, build_models, environment, max_logit_diff, parse_models, print_table,
     resolve_device, resolve_dtype,
 )
 
@@ -41,7 +42,8 @@ class GenerateBenchArguments:
     threads: int = field(default=0, metadata={"help": "torch CPU threads (0: torch's default)"})
     seed: int = field(default=1337, metadata={"help": "seed of the weights and the prompts"})
     device: str = field(default="auto", metadata={"help": "cuda, cpu or auto"})
-    output: str | None = field(default=None, metadata={"help": "JSON path (default bench/results/generate_<device>_<preset>.json)"})
+    output: str | None = field(default=None, metadata={"help": "JSON path (default out/bench/generate_<device>_<preset>.json)"})
+    save: bool = field(default=False, metadata={"help": SAVE_HELP})
 
 
 def parse_batch_sizes(text: str) -> list[int]:
@@ -118,7 +120,7 @@ def main(argv: list[str] | None = None) -> dict:
         "config": {k: getattr(config, k) for k in ("n_layer", "n_head", "n_embd", "vocab_size", "n_positions")},
         "max_logit_diff": logit_diff, "results": rows,
     }
-    output = Path(args.output) if args.output else RESULTS / f"generate_{device.type}_{args.preset}.json"
+    output = results_path(f"generate_{device.type}_{args.preset}.json", args.output, args.save)
     atomic_io.write_json(output, result, indent=2)
 
     print(f"{result['device']} | {args.preset} L={config.n_layer} C={config.n_embd} | {dtype} | "

@@ -8,7 +8,7 @@ one process. Prints a table and writes JSON (tokens/s, step time, MFU, peak memo
     python bench/train_throughput.py --preset gpt2 --batch_size 32 --seq_len 1024
     # this CPU: a small model in fp32
     python bench/train_throughput.py --preset gpt2 --n_layer 4 --n_embd 256 --n_head 4 --seq_len 256 \
-        --batch_size 4 --threads 1 --output bench/results/train_cpu_small.json
+        --batch_size 4 --threads 1 --output out/bench/train_cpu_small.json
 """
 
 import contextlib
@@ -24,10 +24,10 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from transformers import HfArgumentParser
 
 import atomic_io
+from bench_output import SAVE_HELP, results_path
 from modeling_gpt import GPTConfig, GPTForCausalLM
 from modeling_gpt.flops import flops_per_token, matmul_params, peak_tflops
 
-RESULTS = Path(__file__).resolve().parent / "results"
 
 SDPA_BACKENDS = {
     "flash": SDPBackend.FLASH_ATTENTION,
@@ -60,7 +60,8 @@ class TrainBenchArguments:
     lr: float = field(default=6e-4, metadata={"help": "AdamW learning rate"})
     seed: int = field(default=1337, metadata={"help": "seed of the weights and the batches"})
     device: str = field(default="auto", metadata={"help": "cuda, cpu or auto"})
-    output: str | None = field(default=None, metadata={"help": "JSON path (default bench/results/train_<device>_<preset>.json)"})
+    output: str | None = field(default=None, metadata={"help": "JSON path (default out/bench/train_<device>_<preset>.json)"})
+    save: bool = field(default=False, metadata={"help": SAVE_HELP})
 
 
 def parse_models(models: str) -> list[str]:
@@ -278,7 +279,7 @@ def main(argv: list[str] | None = None) -> dict:
         "matmul_params": matmul_params(config), "flops_per_token": fpt, "peak_tflops": peak,
         "max_logit_diff": logit_diff, "results": rows, "ratio_ours_vs_transformers": ratio,
     }
-    output = Path(args.output) if args.output else RESULTS / f"train_{device.type}_{args.preset}.json"
+    output = results_path(f"train_{device.type}_{args.preset}.json", args.output, args.save)
     atomic_io.write_json(output, result, indent=2)
 
     print(f"{result['device']} | {args.preset} L={config.n_layer} C={config.n_embd} | B={args.batch_size} "

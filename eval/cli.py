@@ -1,13 +1,15 @@
-"""`gpt-eval`: benchmark a causal LM, or `gpt-eval plot` training curves.
+"""`gpt-eval`: benchmark a causal LM (a progress bar per task), or `gpt-eval plot` training curves.
 
   gpt-eval --model PATH_OR_ID --tasks hellaswag,lambada [--data-dir ../shared/data] [--output r.json]
   accelerate launch --multi_gpu --num_processes N -m eval.cli --model ...   (items split across ranks)
-  gpt-eval plot RUN_DIR_or_metrics.jsonl [more runs] --output DIR
+  gpt-eval plot RUN_DIR_or_metrics.jsonl [more runs] --output DIR            (gpt-eval plot --help)
 """
 
+import argparse
 import json
 import os
 import time
+from functools import partial
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -17,6 +19,7 @@ from transformers import HfArgumentParser
 from cli_guard import check_safetensors, missing_local_folder, run_cli
 
 DTYPES = ("float32", "bfloat16", "float16", "auto")
+LOG_SOFTMAX_DTYPES = ("float32", "model")
 
 
 @dataclass
@@ -35,6 +38,11 @@ class EvalArguments:
     batch_size: int = field(default=8, metadata={"help": "Sequences per forward pass."})
     device: Optional[str] = field(default=None, metadata={"help": "cpu, cuda, cuda:1, ...; default cuda when available."})
     dtype: str = field(default="float32", metadata={"help": f"Weights dtype: {', '.join(DTYPES)} (auto: the checkpoint's)."})
+    log_softmax_dtype: str = field(
+        default="float32",
+        metadata={"help": "bfloat16/float16 models: log-softmax in float32 (float32, default) or in the model's dtype as "
+                          "lm-eval does (model); recorded in the results."},
+    )
     tokenizer: Optional[str] = field(default=None, metadata={"help": "Tokenizer folder or Hub id; default: the model's."})
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow a model's own code from the Hub."})
     max_length: Optional[int] = field(default=None, metadata={"help": "Longest input in tokens; default: the model's."})
@@ -82,11 +90,18 @@ def _check_output(path: Path):
         raise ValueError(f"--output {path} exists and is not a gpt-eval results file; choose another path")
 
 
+def _parser(dataclass_type, **kwargs) -> HfArgumentParser:
+    kwargs.setdefault("prog", "gpt-eval")
+    kwargs.setdefault("description", __doc__)
+    return HfArgumentParser(dataclass_type, formatter_class=argparse.RawDescriptionHelpFormatter, **kwargs)
+
+
 def _load(args: EvalArguments):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     import modeling_gpt  # noqa: F401  (registers GPTForCausalLM with the Auto classes)
+    from modeling_gpt.network import load_local_or_hub
 
     if args.dtype not in DTYPES:
         raise ValueError(f"--dtype {args.dtype!r}; accepted: {', '.join(DTYPES)}")
@@ -100,8 +115,11 @@ def _load(args: EvalArguments):
     else:
         _check_local(args.tokenizer, "--tokenizer", TOKENIZER_FILES, "give a folder saved with save_pretrained")
     dtype = args.dtype if args.dtype == "auto" else getattr(torch, args.dtype)
-    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=dtype, trust_remote_code=args.trust_remote_code)
-    tokenizer = AutoTokenizer.from_pretrained(args.tokenizer or args.model, trust_remote_code=args.trust_remote_code)
+    fix = "pass a local model folder (e.g. a run's final/), or download it once with network and set HF_HUB_OFFLINE=1"
+    model = load_local_or_hub(partial(AutoModelForCausalLM.from_pretrained, dtype=dtype, trust_remote_code=args.trust_remote_code),
+                              args.model, "--model", fix)
+    tokenizer = load_local_or_hub(partial(AutoTokenizer.from_pretrained, trust_remote_code=args.trust_remote_code),
+                                  args.tokenizer or args.model, "the tokenizer", fix)
     return model, tokenizer
 
 
@@ -112,7 +130,9 @@ def evaluate_main(argv) -> dict:
     from .loglikelihood import max_length_of
     from .val_loss import val_loss
 
-    (args,) = HfArgumentParser(EvalArguments).parse_args_into_dataclasses(argv)
+    (args,) = _parser(EvalArguments).parse_args_into_dataclasses(argv)
+    if args.log_softmax_dtype not in LOG_SOFTMAX_DTYPES:
+        raise ValueError(f"--log_softmax_dtype {args.log_softmax_dtype!r}; accepted: {', '.join(LOG_SOFTMAX_DTYPES)}")
     if args.output:
         _check_output(Path(args.output))
     if args.device is not None:
@@ -120,6 +140,9 @@ def evaluate_main(argv) -> dict:
             torch.device(args.device)
         except RuntimeError:
             raise ValueError(f"--device {args.device!r} is not a device; use cpu, cuda, cuda:1, mps, ...") from None
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # the per-task bars are the progress; no "Loading weights" bar before them
     accelerator = None
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # started by accelerate launch / torchrun
         from accelerate import Accelerator
@@ -136,7 +159,8 @@ def evaluate_main(argv) -> dict:
     if args.tasks:
         results = run_tasks(model, tokenizer, args.tasks, data_dir=args.data_dir, scoring=args.scoring, limit=args.limit,
                             batch_size=args.batch_size, accelerator=accelerator, device=device,
-                            max_length=args.max_length, stride=args.stride)
+                            max_length=args.max_length, stride=args.stride,
+                            upcast=args.log_softmax_dtype == "float32", progress=True)
     if args.val_data_dir:
         seq_len = args.seq_len or args.max_length or max_length_of(model, tokenizer)
         val = val_loss(model, args.val_data_dir, args.batch_size, seq_len, args.val_batches, accelerator, tokenizer)
@@ -148,7 +172,8 @@ def evaluate_main(argv) -> dict:
     if main_process:
         print(format_table(results))
         processes = accelerator.num_processes if accelerator else 1
-        print(f"{args.model} | scoring {args.scoring} | {processes} process(es) | {seconds:.1f} s")
+        print(f"{args.model} | scoring {args.scoring} | {model.dtype}, log-softmax in "
+              f"{'float32' if args.log_softmax_dtype == 'float32' else model.dtype} | {processes} process(es) | {seconds:.1f} s")
         if args.output:
             config = {k: v for k, v in vars(args).items() if k not in ("model", "output")}
             path = save_results(results, args.output, model_name=args.model, scoring=args.scoring, config=config)
@@ -159,12 +184,15 @@ def evaluate_main(argv) -> dict:
 def plot_main(argv) -> list:
     from .plot import plot_runs
 
-    parser = HfArgumentParser(PlotArguments)
+    parser = _parser(PlotArguments, prog="gpt-eval plot", description="Training curves of one or more runs.")
     parser.add_argument("runs", nargs="+", help="Run folders holding metrics.jsonl, or metrics.jsonl files.")
     args, extra = parser.parse_args_into_dataclasses(argv)
     paths = plot_runs(extra.runs, args.output)
     for path in paths:
         print(f"wrote {path}")
+    if not any(p.name == "hellaswag.png" for p in paths):
+        print("no hellaswag.png: no run logged HellaSwag scores (train with --hellaswag true, e.g. "
+              "--hellaswag_data_dir ../shared/data --hellaswag_limit 200, to get the curve with the GPT-2/GPT-3 lines)")
     return paths
 
 

@@ -120,8 +120,19 @@ def _load_local(task: str, data_dir: Path) -> list[dict]:
 def _load_hub(task: str) -> list[dict]:
     from datasets import load_dataset
 
+    from modeling_gpt.network import OfflineError, hub_unavailable
+
     path, name, split = HUB_DATASETS[task]
-    rows = load_dataset(path, name, split=split)
+    reason = hub_unavailable()
+    fix = "pass --data-dir with local copies laid out like ../shared/data (e.g. --data-dir ../shared/data)"
+    if reason and reason != "HF_HUB_OFFLINE=1 is set":
+        raise OfflineError(f"{task} reads {path} from the Hub, but {reason}: {fix}, or set HF_HUB_OFFLINE=1 to use the datasets cache")
+    try:
+        rows = load_dataset(path, name, split=split)
+    except ConnectionError as err:  # offline mode and not in the datasets cache
+        if not reason:
+            raise
+        raise OfflineError(f"{task}: {path} is not in the datasets cache and {reason}: {fix}") from err
     if task == "hellaswag":
         return [dict(d, label=int(d["label"])) for d in rows]
     if task == "lambada_openai":

@@ -6,7 +6,7 @@ import evaluate
 
 import atomic_io
 
-from .data import HUB_DATASETS
+from .data import HUB_DATASETS, LOCAL_FILES
 
 # what the numbers are called on the Hub (dataset pretty names) for a model card
 TASK_TITLES = {
@@ -25,11 +25,22 @@ def metric_names(task_results: dict) -> list[str]:
     return [k for k in task_results if k != "n" and not k.endswith("_stderr")]
 
 
-def result_entries(results: dict, model_name=None, scoring: str = "harness") -> list[dict]:
-    """One flat record per (task, metric): task, metric, value, stderr, n, model, scoring and the dataset."""
+def is_partial(n, limit) -> bool:
+    """Whether a task scored with `--limit limit` saw only part of its data (n items were scored)."""
+    return limit is not None and n is not None and n >= limit
+
+
+def result_entries(results: dict, model_name=None, scoring: str = "harness", data_dir=None, limit=None) -> list[dict]:
+    """One flat record per (task, metric): the value and what it was computed on.
+
+    value, stderr, n (items scored), model, scoring (harness = lm-evaluation-harness, nanogpt = build-nanogpt),
+    the official dataset (id, config, split), data_source (the Hub, or the local file read with --data-dir) and
+    partial (True when --limit cut the data short: such a number is not the benchmark's score).
+    """
     entries = []
     for task, metrics in results.items():
         path, config, split = HUB_DATASETS.get(task, (None, None, None))  # "val": the caller's token shards
+        local = str(Path(data_dir) / LOCAL_FILES[task]) if data_dir is not None and task in LOCAL_FILES else None
         for metric in metric_names(metrics):
             entries.append({
                 "task": task, "metric": metric, "value": metrics[metric],
@@ -38,6 +49,8 @@ def result_entries(results: dict, model_name=None, scoring: str = "harness") -> 
                 "scoring": scoring if task == "hellaswag" else "harness",
                 "dataset": path, "dataset_config": config, "dataset_split": split,
                 "dataset_title": TASK_TITLES.get(task, task),
+                "data_source": local or ("hub" if path else None),
+                "partial": is_partial(metrics.get("n"), limit),
             })
     return entries
 
@@ -52,7 +65,8 @@ def save_results(results: dict, path, model_name=None, scoring: str = "harness",
     path = Path(path)
     with atomic_io.atomic_path(path) as tmp:
         evaluate.save(
-            tmp, results=results, entries=result_entries(results, model_name, scoring),
+            tmp, results=results,
+            entries=result_entries(results, model_name, scoring, (config or {}).get("data_dir"), (config or {}).get("limit")),
             model=model_name, scoring=scoring, config=config or {},
         )
     return path

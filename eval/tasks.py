@@ -4,6 +4,8 @@ Zero-shot, with lm-evaluation-harness's prompts and metrics (task names are lm-e
   hellaswag       acc, acc_norm (scoring "harness"; "nanogpt" = build-nanogpt's hellaswag.py)
   lambada_openai  acc (greedy last word), perplexity of the last word
   wikitext        word_perplexity, byte_perplexity, bits_per_byte (lm-eval) and token_perplexity
+Standard errors as lm-eval computes them: analytic for accuracies (sample std / sqrt(n)), bootstrap for LAMBADA's
+perplexity; WikiText's corpus ratios (no stderr in lm-eval) get a bootstrap over documents.
   piqa, arc_easy, arc_challenge   acc, acc_norm
   winogrande      acc (partial scoring: the shared continuation after each option)
 """
@@ -15,7 +17,7 @@ import numpy as np
 import torch
 
 from .data import hellaswag_preprocess, load_task_docs, wikitext_detokenize
-from .loglikelihood import Request, encode_pairs, max_length_of, rolling_windows, score_requests
+from .loglikelihood import Request, encode_pairs, max_length_of, prefix_token_id, rolling_windows, score_requests
 
 TASKS = ("hellaswag", "lambada_openai", "wikitext", "piqa", "arc_easy", "arc_challenge", "winogrande")
 ALIASES = {"lambada": "lambada_openai"}
@@ -83,7 +85,7 @@ def hellaswag_requests(docs, tokenizer, scoring: str):
         return encode_pairs(tokenizer, pairs), groups
     if scoring == "nanogpt":
         # build-nanogpt: raw ctx and " " + ending, tokenized separately
-        contexts = tokenizer([d["ctx"] for d in docs], add_special_tokens=False)["input_ids"]
+        contexts = [c or [prefix_token_id(tokenizer)] for c in tokenizer([d["ctx"] for d in docs], add_special_tokens=False)["input_ids"]]
         endings = tokenizer([" " + e for d in docs for e in d["endings"]], add_special_tokens=False)["input_ids"]
         requests, groups, k = [], [], 0
         for d, context in zip(docs, contexts):
@@ -95,24 +97,49 @@ def hellaswag_requests(docs, tokenizer, scoring: str):
     raise ValueError(f"unknown scoring {scoring!r}; accepted: {', '.join(SCORINGS)}")
 
 
+BOOTSTRAP_ITERS = 100_000  # lm-eval's default number of resamples
+
+
+def bootstrap_stderr(statistic, columns, iters: int = BOOTSTRAP_ITERS, seed: int = 1234) -> float | None:
+    """Standard deviation of `statistic` over resamples (with replacement) of the documents, as lm-eval
+    estimates the stderr of metrics that are not means (perplexity).
+
+    columns: per-document arrays (n,) each; statistic takes their resampled sums or means along the last axis
+    as it needs (it receives the (iters_chunk, n) arrays). Resampled in chunks of 1,000 to bound memory."""
+    columns = [np.asarray(c, dtype=np.float64) for c in columns]
+    n = len(columns[0])
+    if n < 2:
+        return None
+    rng, values = np.random.default_rng(seed), []
+    for start in range(0, iters, 1000):
+        index = rng.integers(0, n, size=(min(1000, iters - start), n))
+        values.append(statistic(*(c[index] for c in columns)))
+    return float(np.concatenate(values).std(ddof=1))
+
+
 def _wikitext_metrics(docs, doc_ll, doc_tokens) -> dict:
     # lm-eval counts words and bytes on the page before detokenization
-    words = sum(len(re.split(r"\s+", d["page"])) for d in docs)
-    n_bytes = sum(len(d["page"].encode("utf-8")) for d in docs)
-    total = sum(doc_ll)
-    return {
-        "word_perplexity": math.exp(-total / words),
-        "byte_perplexity": math.exp(-total / n_bytes),
-        "bits_per_byte": -total / n_bytes / math.log(2),
-        "token_perplexity": math.exp(-total / sum(doc_tokens)),
-        "n": len(docs),
-    }
+    words = np.array([len(re.split(r"\s+", d["page"])) for d in docs], dtype=np.float64)
+    n_bytes = np.array([len(d["page"].encode("utf-8")) for d in docs], dtype=np.float64)
+    ll, tokens = np.asarray(doc_ll, dtype=np.float64), np.asarray(doc_tokens, dtype=np.float64)
+    # lm-eval has no stderr for these corpus-level ratios; ours resamples documents (a ratio estimator)
+    per = {"word_perplexity": (words, lambda l, w: np.exp(-l.sum(-1) / w.sum(-1))),
+           "byte_perplexity": (n_bytes, lambda l, b: np.exp(-l.sum(-1) / b.sum(-1))),
+           "bits_per_byte": (n_bytes, lambda l, b: -l.sum(-1) / b.sum(-1) / math.log(2)),
+           "token_perplexity": (tokens, lambda l, t: np.exp(-l.sum(-1) / t.sum(-1)))}
+    metrics = {}
+    for name, (unit, statistic) in per.items():
+        metrics[name] = float(statistic(ll, unit))
+        metrics[f"{name}_stderr"] = bootstrap_stderr(statistic, [ll, unit], iters=10_000)
+    return dict(metrics, n=len(docs))
 
 
-def evaluate_task(task, docs, model, tokenizer, scoring, batch_size, max_length, stride, device, accelerator) -> dict:
-    """Metrics of one task on the given documents."""
+def evaluate_task(task, docs, model, tokenizer, scoring, batch_size, max_length, stride, device, accelerator,
+                  upcast: bool = True, progress: bool = False) -> dict:
+    """Metrics of one task on the given documents (progress: a bar on the main process)."""
     def score(requests):
-        return score_requests(model, requests, max_length, batch_size, device, accelerator)
+        return score_requests(model, requests, max_length, batch_size, device, accelerator, upcast=upcast,
+                              desc=task if progress else None)
 
     if task == "hellaswag":
         requests, groups = hellaswag_requests(docs, tokenizer, scoring)
@@ -129,13 +156,15 @@ def evaluate_task(task, docs, model, tokenizer, scoring, batch_size, max_length,
         scores = score(encode_pairs(tokenizer, [(d["context"], " " + d["continuation"]) for d in docs]))
         metrics = _accuracies(acc=[float(s.is_greedy) for s in scores])
         # lm-eval's perplexity: exp of minus the mean per-document log-likelihood of the last word
-        metrics["perplexity"] = math.exp(-float(np.mean([s.loglikelihood for s in scores])))
+        lls = [s.loglikelihood for s in scores]
+        metrics["perplexity"] = math.exp(-float(np.mean(lls)))
+        metrics["perplexity_stderr"] = bootstrap_stderr(lambda l: np.exp(-l.mean(-1)), [lls])  # as lm-eval: bootstrap
         return dict(metrics, n=len(docs))
     if task == "wikitext":
         texts = [wikitext_detokenize(d["page"]) for d in docs]
         token_lists = tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]
         stride = stride or max_length
-        windows = [rolling_windows(t, tokenizer.eos_token_id, max_length, stride) for t in token_lists]
+        windows = [rolling_windows(t, prefix_token_id(tokenizer), max_length, stride) for t in token_lists]
         scores = score([w for doc in windows for w in doc])
         doc_ll, start = [], 0
         for doc in windows:
@@ -157,6 +186,8 @@ def run_tasks(
     device=None,
     max_length: int | None = None,
     stride: int | None = None,
+    upcast: bool = True,
+    progress: bool = False,
 ) -> dict:
     """Evaluate a causal LM on benchmarks; returns {task: {metric: value, metric_stderr: .., "n": ..}}.
 
@@ -165,7 +196,8 @@ def run_tasks(
     limit: the first N documents of each task. batch_size: sequences per forward pass. Under
     Accelerate the sequences are split across ranks and every rank returns the full results.
     max_length: longest model input (default: the model config's). stride: tokens scored per
-    WikiText window after the first (default max_length, lm-eval's disjoint windows).
+    WikiText window after the first (default max_length, lm-eval's disjoint windows). upcast: log-softmax in
+    float32 (True) or in the model's dtype like lm-eval (False). progress: a bar per task (main process only).
     """
     tasks = resolve_tasks(tasks)
     if scoring not in SCORINGS:
@@ -192,7 +224,7 @@ def run_tasks(
         for task in tasks:
             docs = load_task_docs(task, data_dir, limit)
             results[task] = evaluate_task(
-                task, docs, model, tokenizer, scoring, batch_size, max_length, stride, device, accelerator
+                task, docs, model, tokenizer, scoring, batch_size, max_length, stride, device, accelerator, upcast, progress
             )
     finally:
         model.train(was_training)

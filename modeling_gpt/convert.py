@@ -129,11 +129,20 @@ def to_hf_native(model: GPTForCausalLM):
     return native
 
 
+def _load_native(cls, name, kwargs):
+    """cls.from_pretrained(name) from a folder or the Hub cache, and from the Hub only when it can be reached."""
+    from .network import load_local_or_hub
+
+    fix = (f"pass a folder saved with {cls.__name__}.save_pretrained, or download it once on a machine with network "
+           f"(`hf download {name}`) and set HF_HUB_OFFLINE=1")
+    return load_local_or_hub(lambda n, **kw: cls.from_pretrained(n, **kwargs, **kw), str(name), f"{cls.__name__}", fix)
+
+
 def from_gpt2(model_or_path, **from_pretrained_kwargs) -> GPTForCausalLM:
     """Our classic GPT from a GPT2LMHeadModel object, or a folder / Hub id loadable by it."""
     native = model_or_path
     if not isinstance(native, GPT2LMHeadModel):
-        native = GPT2LMHeadModel.from_pretrained(model_or_path, **from_pretrained_kwargs)
+        native = _load_native(GPT2LMHeadModel, model_or_path, from_pretrained_kwargs)
     c = native.config
     if c.activation_function != "gelu_new" or c.scale_attn_by_inverse_layer_idx or not c.scale_attn_weights:
         raise ValueError(
@@ -157,7 +166,7 @@ def from_llama(model_or_path, **from_pretrained_kwargs) -> GPTForCausalLM:
     """Our modern GPT from a LlamaForCausalLM (multi-head attention, default RoPE, no biases)."""
     native = model_or_path
     if not isinstance(native, LlamaForCausalLM):
-        native = LlamaForCausalLM.from_pretrained(model_or_path, **from_pretrained_kwargs)
+        native = _load_native(LlamaForCausalLM, model_or_path, from_pretrained_kwargs)
     c = native.config
     rope = c.rope_parameters or {}
     head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads

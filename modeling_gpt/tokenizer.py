@@ -1,5 +1,6 @@
 """The GPT-2 tokenizer as a transformers tokenizer, online or offline."""
 
+import copy
 import json
 import os
 from functools import lru_cache
@@ -7,7 +8,12 @@ from pathlib import Path
 
 from transformers import AutoTokenizer, GPT2TokenizerFast
 
+from .network import OfflineError, hub_unavailable, load_local_or_hub, tiktoken_unavailable
+
 HUB_ID = "openai-community/gpt2"
+OFFLINE_FIX = ("set TIKTOKEN_CACHE_DIR to a folder holding tiktoken's gpt2 files (e.g. ../shared/data/tiktoken-cache), "
+               "or pass a tokenizer folder with vocab.json and merges.txt (e.g. ../shared/data/gpt2-tokenizer)")
+LOAD_OPTIONS = ("is_local", "local_files_only")  # from_pretrained's arguments, not properties of the tokenizer
 
 
 @lru_cache(maxsize=1)
@@ -59,8 +65,8 @@ def gpt2_tokenizer(path: str | os.PathLike | None = None) -> GPT2TokenizerFast:
 
     path: a folder holding `vocab.json` + `merges.txt` (e.g. `../shared/data/gpt2-tokenizer`) or a
     saved tokenizer, or a Hub id. With None: the Hub's `openai-community/gpt2` if it is in the local
-    cache, else tiktoken's `gpt2` encoding (cached, e.g. `TIKTOKEN_CACHE_DIR`, or downloaded; it
-    fails fast offline), else the Hub.
+    cache, else tiktoken's `gpt2` encoding (cached, e.g. `TIKTOKEN_CACHE_DIR`, or downloaded), else the Hub.
+    Offline (no network, or HF_HUB_OFFLINE=1) with none of these cached: OfflineError in seconds, naming the fix.
     """
     if path is not None:
         folder = Path(path)
@@ -69,12 +75,33 @@ def gpt2_tokenizer(path: str | os.PathLike | None = None) -> GPT2TokenizerFast:
             lines = (folder / "merges.txt").read_text(encoding="utf-8").splitlines()
             merges = [tuple(line.split(" ")) for line in lines if line and not line.startswith("#version")]
             return _from_vocab_merges(vocab, merges)
-        return AutoTokenizer.from_pretrained(str(path))
+        return load_local_or_hub(AutoTokenizer.from_pretrained, str(path), "the tokenizer", OFFLINE_FIX)
     try:
         return AutoTokenizer.from_pretrained(HUB_ID, local_files_only=True)
     except OSError:
         pass
-    try:
+    tiktoken_reason = tiktoken_unavailable()
+    if tiktoken_reason is None:
         return gpt2_tokenizer_from_tiktoken()
-    except Exception:  # tiktoken had no cached copy and could not download one
-        return AutoTokenizer.from_pretrained(HUB_ID)
+    hub_reason = hub_unavailable()
+    if hub_reason:
+        raise OfflineError(f"GPT-2's tokenizer: {tiktoken_reason}; it is not in the Hub cache either and {hub_reason}: {OFFLINE_FIX}")
+    return AutoTokenizer.from_pretrained(HUB_ID)
+
+
+def publishable_tokenizer(tokenizer, n_positions: int):
+    """A copy to save next to a model: what GPT-2 users expect from its tokenizer_config.json.
+
+    model_max_length is the model's context (not the "unlimited" 1e30 of a fresh tokenizer); the end-of-text
+    token pads, as GPT-2 has no pad token; padding is on the left, which batched generation needs; and the
+    loading options that from_pretrained records (is_local, local_files_only) are not written back.
+    """
+    tok = copy.deepcopy(tokenizer)
+    tok.model_max_length = n_positions
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    tok.padding_side = "left"
+    tok.init_kwargs["padding_side"] = "left"
+    for key in LOAD_OPTIONS:
+        tok.init_kwargs.pop(key, None)
+    return tok

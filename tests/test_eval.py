@@ -313,7 +313,7 @@ def test_save_results_json(tmp_path):
     entry = next(e for e in data["entries"] if e["metric"] == "acc_norm")
     assert entry == {"task": "hellaswag", "metric": "acc_norm", "value": 0.3, "stderr": 0.02, "n": 100, "model": "tiny",
                      "scoring": "nanogpt", "dataset": "Rowan/hellaswag", "dataset_config": None,
-                     "dataset_split": "validation", "dataset_title": "HellaSwag"}
+                     "dataset_split": "validation", "dataset_title": "HellaSwag", "data_source": "hub", "partial": False}
     assert next(e for e in data["entries"] if e["task"] == "wikitext")["scoring"] == "harness"
     assert "_timestamp" in data and data["model"] == "tiny"
     assert sorted(p.name for p in path.parent.iterdir()) == ["results.json"]  # no temp or lock file left

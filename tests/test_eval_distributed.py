@@ -31,6 +31,8 @@ def test_two_processes_equal_one(model_dir, tmp_path):
     two = subprocess.run([*launch, *args, "--output", str(tmp_path / "two.json")], capture_output=True, text=True)
     assert two.returncode == 0, two.stderr[-3000:]
     assert two.stdout.count("results written to") == 1  # only the main process prints and writes
+    for task in ("hellaswag", "winogrande", "lambada_openai"):  # one progress bar per task, the main process's
+        assert single.stderr.count(f"{task}:   0%") == two.stderr.count(f"{task}:   0%") == 1, two.stderr[-2000:]
     assert "2 process(es)" in two.stdout and "1 process(es)" in single.stdout
     one, two = (json.loads((tmp_path / f"{n}.json").read_text())["results"] for n in ("one", "two"))
     assert one.keys() == two.keys()

@@ -2,6 +2,7 @@
 parses with the run's numbers, checkpoints of every accelerate layout load, bad input is refused."""
 
 import json
+import os
 import re
 import shutil
 from pathlib import Path
@@ -106,7 +107,7 @@ def test_fixture_model_learned_the_texts(run):
 
 def test_folder_contents(exported, run):
     files = {p.relative_to(exported / "remote").as_posix() for p in (exported / "remote").rglob("*") if p.is_file()}
-    assert files == {"config.json", "configuration_gpt.py", "modeling_gpt.py", "convert.py", "model.safetensors",
+    assert files == {"config.json", "configuration_gpt.py", "modeling_gpt.py", "convert.py", "network.py", "model.safetensors",
                      "generation_config.json", "tokenizer.json", "tokenizer_config.json", "README.md", "plots/loss.png"}
     config = json.loads((exported / "remote" / "config.json").read_text())
     assert config["auto_map"]["AutoModelForCausalLM"] == "modeling_gpt.GPTForCausalLM"
@@ -119,8 +120,17 @@ def test_folder_contents(exported, run):
     native = json.loads((exported / "native" / "config.json").read_text())
     assert native["model_type"] == "gpt2" and "auto_map" not in native
     assert not list((exported / "native").glob("*.py"))
-    tokenizer_config = json.loads((exported / "remote" / "tokenizer_config.json").read_text())
-    assert tokenizer_config["model_max_length"] == 256
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in [exported / "remote", *(exported / "remote").rglob("*")]:  # readable by a shared cluster's teammates
+        assert path.stat().st_mode & 0o777 == (0o777 if path.is_dir() else 0o666) & ~umask, path
+    for kind in ("remote", "native"):
+        tokenizer_config = json.loads((exported / kind / "tokenizer_config.json").read_text())
+        assert tokenizer_config["model_max_length"] == 256  # n_positions, not 1e30
+        assert tokenizer_config["pad_token"] == tokenizer_config["eos_token"] == "<|endoftext|>"
+        assert tokenizer_config["padding_side"] == "left"
+        assert tokenizer_config["tokenizer_class"] == "TokenizersBackend" or "auto_map" not in tokenizer_config
+        assert not {"is_local", "local_files_only"} & tokenizer_config.keys()
 
 
 ISOLATED = """
@@ -186,8 +196,10 @@ def test_loads_and_generates_in_a_process_without_the_project(exported, run, tmp
 def test_model_card(exported, run):
     card = ModelCard.load(exported / "remote" / "README.md")
     data = card.data
+    # the fixture's run recorded no data source: no dataset is claimed
     assert (data.license, data.datasets, data.pipeline_tag, data.library_name) == (
-        "mit", ["HuggingFaceFW/fineweb-edu"], "text-generation", "transformers")
+        "mit", None, "text-generation", "transformers")
+    assert "pretrained from scratch on data the run did not record" in card.text and "fineweb-edu" not in data.tags
     assert "custom_code" in data.tags
     got = {(r.dataset_type, r.metric_type): r.metric_value for r in data.eval_results}
     assert got == {
@@ -203,6 +215,43 @@ def test_model_card(exported, run):
     assert "## Sample completions" in text and "**The meaning of life is**" in text
     native = ModelCard.load(exported / "native" / "README.md")
     assert "trust_remote_code" not in native.text and "custom_code" not in native.data.tags
+
+
+def _card(run, data_source=None, entries=(), init_from=None):
+    source = push_to_hub.Source(run["model"], run["tokenizer"], trainer_state={"config": {"init_from": init_from}},
+                                data_source=data_source)
+    return push_to_hub.build_card(source, "me/tiny-gpt", native=False, entries=list(entries), samples=[], plots=[],
+                                  license="mit", generation={"top_k": 50, "temperature": 1.0})
+
+
+def test_model_card_data_comes_from_the_manifest(run):
+    hub = {"dataset": "HuggingFaceFW/fineweb-edu", "name": "sample-10BT", "split": "train", "data_files": None,
+           "text_column": "text", "revision": "87f0914"}
+    card = _card(run, hub)
+    assert card.data.datasets == ["HuggingFaceFW/fineweb-edu"] and "fineweb-edu" in card.data.tags
+    assert ("pretrained from scratch on [HuggingFaceFW/fineweb-edu](https://huggingface.co/datasets/HuggingFaceFW/"
+            "fineweb-edu) (name `sample-10BT`, split `train`, revision `87f0914`)") in card.text
+    local = dict(hub, dataset="../shared/data/fineweb-edu-mini", revision=None)
+    card = _card(run, local, init_from="openai-community/gpt2")
+    assert card.data.datasets is None and "fineweb-edu" not in card.data.tags
+    assert "fine-tuned from `openai-community/gpt2` on a local copy of a dataset, `../shared/data/fineweb-edu-mini`" in card.text
+    files = dict(hub, dataset=None, name=None, split=None, data_files=["a.parquet", "b.parquet"], revision=None)
+    assert "on local files `a.parquet`, `b.parquet`" in _card(run, files).text
+
+
+def test_partial_and_local_evaluations_stay_out_of_model_index(run, tmp_path):
+    full = {"hellaswag": {"acc": 0.25, "acc_stderr": 0.004, "acc_norm": 0.26, "acc_norm_stderr": 0.004, "n": 10042}}
+    part = {"piqa": {"acc": 0.55, "acc_stderr": 0.05, "acc_norm": 0.56, "acc_norm_stderr": 0.05, "n": 100}}
+    save_results(full, tmp_path / "full.json", model_name="tiny", scoring="nanogpt", config={"limit": None, "data_dir": None})
+    save_results(part, tmp_path / "part.json", model_name="tiny", config={"limit": 100, "data_dir": None})
+    save_results(part, tmp_path / "local.json", model_name="tiny", config={"limit": None, "data_dir": "../shared/data"})
+    entries = push_to_hub.read_eval_entries([tmp_path / "full.json", tmp_path / "part.json", tmp_path / "local.json"])
+    card = _card(run, entries=entries)
+    published = {(r.dataset_type, r.metric_type, r.metric_config, r.dataset_args["num_items"]) for r in card.data.eval_results}
+    assert published == {("Rowan/hellaswag", "acc", "nanogpt", 10042), ("Rowan/hellaswag", "acc_norm", "nanogpt", 10042)}
+    assert "| PIQA | acc | 0.5500 ± 0.0500 | 100 (partial) | Hub | harness |" in card.text
+    assert "| PIQA | acc | 0.5500 ± 0.0500 | 100 | local copy `../shared/data/evals/piqa.jsonl` | harness |" in card.text
+    assert "| HellaSwag | acc_norm | 0.2600 ± 0.0040 | 10,042 | Hub | nanogpt |" in card.text
 
 
 def test_sharded_weights(run, tmp_path):

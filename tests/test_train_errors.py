@@ -323,12 +323,13 @@ def test_under_accelerate_launch_the_error_is_reported_once(data, tmp_path):
     assert 'train_accelerate.py", line' not in result.stderr
 
 
-@pytest.mark.parametrize("rank, failure, expected", [
-    ("0", "broken collective", "gpt-train: error: another process of this run stopped first; GPT_DEBUG=1 shows every traceback"),
-    ("1", "broken collective", ""),  # the process that failed first reports; the others stay quiet
-    ("1", "bad setting", ""),  # every process sees the same bad setting: rank 0 says it once
+@pytest.mark.parametrize("rank, failure, code, expected", [
+    ("0", "broken collective", 1,
+     "gpt-train: error: another process of this run stopped first; GPT_DEBUG=1 shows every traceback"),
+    ("1", "broken collective", 0, ""),  # the process that failed first reports; the others leave quietly
+    ("1", "bad setting", 0, ""),  # every process sees the same bad setting: rank 0 says it once
 ])
-def test_only_rank_0_speaks_for_a_multi_process_run(monkeypatch, capsys, rank, failure, expected):
+def test_only_rank_0_speaks_for_a_multi_process_run(monkeypatch, capsys, rank, failure, code, expected):
     import torch.distributed
 
     from cli_guard import run_cli
@@ -342,5 +343,5 @@ def test_only_rank_0_speaks_for_a_multi_process_run(monkeypatch, capsys, rank, f
     monkeypatch.setenv("RANK", rank)
     with pytest.raises(SystemExit) as info:
         run_cli("gpt-train", fail, [])
-    assert info.value.code == (2 if failure == "bad setting" else 1)
+    assert info.value.code == code
     assert capsys.readouterr().err.strip() == expected
