@@ -1,0 +1,135 @@
+"""The faster recipe's trainer parts: warmup-stable-decay schedule, Muon + AdamW groups, their settings."""
+
+import pytest
+import torch
+
+import train_accelerate as ta
+from modeling_gpt import GPTConfig, GPTForCausalLM
+
+WSD = dict(learning_rate=1.0, warmup_steps=10, max_steps=100, min_lr_ratio=0.0, schedule="wsd", decay_ratio=0.2)
+
+
+def parse(*argv):
+    return ta.parse_args(["--data_dir", "data/x", *argv])
+
+
+def tiny(**overrides):
+    torch.manual_seed(0)
+    config = GPTConfig.from_preset("gpt2.5", vocab_size=512, n_layer=2, n_embd=64, n_head=4, n_inner=128, n_positions=64,
+                                   **overrides)
+    return GPTForCausalLM(config)
+
+
+def test_wsd_schedule():
+    lrs = [ta.get_lr(s, **WSD) for s in range(100)]
+    assert lrs[:10] == pytest.approx([(s + 1) / 10 for s in range(10)])  # linear warmup, as the cosine has
+    assert lrs[10:80] == [1.0] * 70  # stable until the last 20% of the steps
+    assert lrs[80:] == pytest.approx([1 - i / 20 for i in range(20)])  # linear decay towards the floor
+    assert ta.get_lr(100, **WSD) == 0.0
+    floor = dict(WSD, learning_rate=6e-4, min_lr_ratio=0.1)
+    assert ta.get_lr(80, **floor) == 6e-4 and ta.get_lr(90, **floor) == pytest.approx(6e-5 + 0.5 * 5.4e-4)
+    assert ta.get_lr(99, **floor) > ta.get_lr(100, **floor) == pytest.approx(6e-5)
+    # the decay never starts inside the warmup, and decay_ratio=0 holds the peak to the end
+    assert ta.get_lr(10, **dict(WSD, decay_ratio=1.0)) == 1.0 and ta.get_lr(11, **dict(WSD, decay_ratio=1.0)) < 1.0
+    assert [ta.get_lr(s, **dict(WSD, decay_ratio=0.0)) for s in range(10, 100)] == [1.0] * 90
+
+
+def test_cosine_is_still_the_default():
+    cosine = dict(learning_rate=1.0, warmup_steps=10, max_steps=100, min_lr_ratio=0.1)
+    assert [ta.get_lr(s, **cosine) for s in range(120)] == [ta.get_lr(s, **cosine, schedule="cosine") for s in range(120)]
+    assert ta.get_lr(55, **cosine) == pytest.approx(0.55)
+
+
+def test_muon_takes_the_block_matrices_and_adamw_the_rest():
+    model = tiny(tie_word_embeddings=False, qk_norm=True)
+    _, _, args = parse("--optimizer", "muon", "--muon_learning_rate", "0.05", "--learning_rate", "3e-3",
+                       "--weight_decay", "0.1", "--muon_weight_decay", "0.01")
+    muon, adamw = ta.build_optimizers(model, args, torch.device("cpu"))
+    assert isinstance(muon, torch.optim.Muon) and isinstance(adamw, torch.optim.AdamW)
+    names = {id(p): n for n, p in model.named_parameters()}
+    (hidden,) = muon.param_groups
+    assert sorted(names[id(p)] for p in hidden["params"]) == sorted(
+        f"transformer.h.{i}.{m}.weight" for i in range(2) for m in ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
+    )
+    assert (hidden["peak_lr"], hidden["weight_decay"], hidden["momentum"], hidden["nesterov"]) == (0.05, 0.01, 0.95, True)
+    decay, no_decay = adamw.param_groups
+    assert sorted(names[id(p)] for p in decay["params"]) == ["lm_head.weight", "transformer.wte.weight"]
+    assert all(names[id(p)].endswith(("norm.weight", "ln_1.weight", "ln_2.weight", "ln_f.weight")) for p in no_decay["params"])
+    assert (decay["peak_lr"], decay["weight_decay"], no_decay["weight_decay"]) == (3e-3, 0.1, 0.0)
+    # every trainable parameter in exactly one group
+    grouped = [id(p) for opt in (muon, adamw) for g in opt.param_groups for p in g["params"]]
+    assert sorted(grouped) == sorted(names) and len(set(grouped)) == len(grouped)
+
+
+def test_classic_model_biases_and_positions_go_to_adamw():
+    torch.manual_seed(0)
+    model = GPTForCausalLM(GPTConfig.from_preset("tiny", vocab_size=512, n_layer=2))
+    _, _, args = parse("--optimizer", "muon")
+    muon, adamw = ta.build_optimizers(model, args, torch.device("cpu"))
+    assert all(p.dim() == 2 for p in muon.param_groups[0]["params"]) and len(muon.param_groups[0]["params"]) == 8
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert sorted(names[id(p)] for p in adamw.param_groups[0]["params"]) == ["transformer.wpe.weight", "transformer.wte.weight"]
+    assert any(names[id(p)].endswith("c_attn.bias") for p in adamw.param_groups[1]["params"])
+
+
+def test_each_group_follows_the_schedule_from_its_own_peak():
+    model = tiny()
+    _, _, args = parse("--optimizer", "muon", "--lr_schedule", "wsd", "--max_steps", "100", "--warmup_steps", "10",
+                       "--learning_rate", "3e-3", "--muon_learning_rate", "0.04", "--min_lr_ratio", "0.0")
+    muon, adamw = ta.build_optimizers(model, args, torch.device("cpu"))
+    for step, factor in ((0, 0.1), (50, 1.0), (90, 0.5)):
+        logged = ta.set_lrs([muon, adamw], step, args)
+        assert logged == pytest.approx(3e-3 * factor)
+        assert muon.param_groups[0]["lr"] == pytest.approx(0.04 * factor)
+        assert [g["lr"] for g in adamw.param_groups] == pytest.approx([3e-3 * factor] * 2)
+
+
+def test_adamw_alone_is_unchanged():
+    model = tiny()
+    _, _, args = parse("--learning_rate", "1e-3")
+    (adamw,) = ta.build_optimizers(model, args, torch.device("cpu"))
+    assert isinstance(adamw, torch.optim.AdamW)
+    assert [len(g["params"]) for g in adamw.param_groups] == [len(g["params"]) for g in ta.param_groups(model, 0.1)]
+
+
+def test_a_muon_step_orthogonalises_the_update():
+    """What torch.optim.Muon does with our groups: the first update of a block matrix is lr * scale * NS(grad)."""
+    model = tiny()
+    _, _, args = parse("--optimizer", "muon", "--muon_learning_rate", "0.02", "--muon_momentum", "0.0")
+    muon, adamw = ta.build_optimizers(model, args, torch.device("cpu"))
+    ta.set_lrs([muon, adamw], 10**6, args)  # past the end: the floor
+    x = torch.randint(0, 512, (8, 32), generator=torch.Generator().manual_seed(0))  # 256 tokens: a full-rank gradient
+    model(input_ids=x, labels=x).loss.backward()
+    embedding = model.transformer.wte.weight.detach().clone()
+    w = model.transformer.h[0].mlp.c_proj.weight  # (64, 128): Muon's "original" scale is sqrt(max(1, 64/128)) = 1
+    before = w.detach().clone()
+    muon.step()
+    update = (before - w.detach()) / muon.param_groups[0]["lr"]
+    singular = torch.linalg.svdvals(update)
+    assert 0.5 < singular.min() and singular.max() < 1.5  # Newton-Schulz: all singular values near 1
+    assert torch.equal(model.transformer.wte.weight, embedding)  # AdamW's parameters are not Muon's to step
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--optimizer", "sgd"], "optimizer='sgd' is not supported; use one of ('adamw', 'muon')"),
+        (["--lr_schedule", "linear"], "lr_schedule='linear' is not supported; use one of ('cosine', 'wsd')"),
+        (["--decay_ratio", "1.5"], "decay_ratio=1.5 must be in [0, 1]"),
+        (["--muon_learning_rate", "0"], "muon_learning_rate=0.0 must be > 0"),
+        (["--muon_momentum", "1.0"], "muon_momentum=1.0 must be in [0, 1)"),
+        (["--optimizer", "muon", "--mixed_precision", "fp16"], "optimizer='muon' with mixed_precision='fp16' is not supported"),
+    ],
+)
+def test_bad_values_are_named(argv, message):
+    with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("(", r"\(").replace(")", r"\)")):
+        parse(*argv)
+
+
+def test_architecture_overrides_reach_the_model():
+    model_args, _, _ = parse("--model_preset", "gpt2.5", "--qk_norm", "true", "--tie_word_embeddings", "false",
+                             "--zero_init_residual", "true", "--n_layer", "1", "--n_embd", "64", "--n_head", "4")
+    model = ta.build_model(model_args, vocab_size=512, eot_id=0)
+    assert (model.config.qk_norm, model.config.tie_word_embeddings, model.config.zero_init_residual) == (True, False, True)
+    assert model.lm_head.weight.data_ptr() != model.transformer.wte.weight.data_ptr()
+    assert torch.count_nonzero(model.transformer.h[0].attn.c_proj.weight) == 0
