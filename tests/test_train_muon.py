@@ -178,3 +178,18 @@ def test_muon_on_fsdp2_sharded_params_orthogonalises_the_full_matrix(tmp_path):
     assert results["placements"] == "(Shard(dim=0),)"
     assert error(torch.tensor(results["update"])) < 0.05  # bfloat16 Newton-Schulz: ~0.03 measured
     assert error(per_shard) > 0.2
+
+
+@pytest.mark.parametrize("recipe", ["speedrun-124m", "speedrun-cpu", "gpt2-cpu"])
+def test_shipped_speedrun_recipes_parse(recipe):
+    from pathlib import Path
+
+    model_args, _, args = ta.parse_args(["--config", str(Path(ta.__file__).parent / "configs" / f"{recipe}.yaml")])
+    if recipe == "speedrun-124m":
+        assert (args.optimizer, args.lr_schedule, model_args.qk_norm, model_args.tie_word_embeddings) == ("muon", "wsd", True, False)
+        for world in (1, 2, 4, 8):  # the batch divides on 1 to 8 GPUs of 64 x 1024
+            ta.gradient_accumulation_steps(args.total_batch_tokens, args.micro_batch_size, args.seq_len, world)
+        with torch.device("meta"):
+            model = ta.build_model(model_args, vocab_size=50257, eot_id=50256)
+        # 124M-class: GPT-2's 124.4M plus the untied head's 38.6M
+        assert 160e6 < model.num_parameters() < 166e6
