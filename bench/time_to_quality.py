@@ -32,6 +32,7 @@ import yaml
 from transformers import HfArgumentParser
 
 import atomic_io
+from train_throughput import git_commit
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPES = {"gpt2": REPO / "configs" / "gpt2-cpu.yaml", "speedrun": REPO / "configs" / "speedrun-cpu.yaml"}
@@ -51,16 +52,6 @@ class TimeToQualityArguments:
     work_dir: str = field(default="out/time_to_quality", metadata={"help": "folder for the training runs"})
     output: str = field(default=str(REPO / "bench" / "results" / "time_to_quality_cpu.json"),
                         metadata={"help": "JSON results; the plot is written next to it as .png"})
-
-
-def git_commit() -> Optional[str]:
-    try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
-                               capture_output=True, text=True, check=True).stdout.strip()
-        return sha + ("-dirty" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return None
 
 
 def ensure_data(data_dir: Path, args: TimeToQualityArguments):
