@@ -11,9 +11,10 @@ loss (read off its validation curve, linearly interpolated between evaluations),
 tokens; both recipes' validation loss at equal tokens; and the wall-clock training seconds per token of each
 (evaluation excluded). A warmup-stable-decay run only reaches its best loss in its final decay, so the crossing
 read off a full-length run overstates what the new recipe needs; `--confirm_ratio` therefore also trains it with
-a horizon of that fraction of the tokens and reports its final loss against the target.
+a horizon of that fraction of the tokens and reports its final loss against the target. `--ablation` adds, for
+seed 0, each recipe's architecture trained with the other's optimizer and schedule.
 
-    nice python bench/time_to_quality.py --seeds 3 --output bench/results/time_to_quality_cpu.json
+    nice python bench/time_to_quality.py --seeds 3 --ablation     # -> bench/results/time_to_quality_cpu.json, .png
 """
 
 import json
@@ -36,6 +37,13 @@ from train_throughput import git_commit
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPES = {"gpt2": REPO / "configs" / "gpt2-cpu.yaml", "speedrun": REPO / "configs" / "speedrun-cpu.yaml"}
+# --ablation: each recipe's architecture with the other's optimizer and schedule (seed 0), to see which half helps
+ABLATIONS = {
+    "gpt2-arch+muon-wsd": ("gpt2", ["--optimizer", "muon", "--lr_schedule", "wsd", "--decay_ratio", "0.4",
+                                     "--min_lr_ratio", "0", "--muon_learning_rate", "0.02", "--weight_decay", "0"]),
+    "speedrun-arch+adamw-cosine": ("speedrun", ["--optimizer", "adamw", "--lr_schedule", "cosine",
+                                                "--min_lr_ratio", "0.1", "--weight_decay", "0.1"]),
+}
 
 
 @dataclass
@@ -45,6 +53,7 @@ class TimeToQualityArguments:
     confirm_ratio: float = field(
         default=0.7, metadata={"help": "also train the new recipe over this fraction of the steps (0: skip)"}
     )
+    ablation: bool = field(default=False, metadata={"help": f"also train {sorted(ABLATIONS)} (seed 0)"})
     threads: int = field(default=1, metadata={"help": "torch CPU threads of each training run"})
     dataset: str = field(default=str(REPO.parent / "shared" / "data" / "fineweb-edu-mini"),
                          metadata={"help": "FineWeb-Edu-like dataset to tokenize when the recipes' data_dir is empty"})
@@ -65,7 +74,8 @@ def ensure_data(data_dir: Path, args: TimeToQualityArguments):
     )
 
 
-def train(recipe: str, seed: int, out: Path, args: TimeToQualityArguments, max_steps: Optional[int]) -> dict:
+def train(recipe: str, seed: int, out: Path, args: TimeToQualityArguments, max_steps: Optional[int],
+          overrides: tuple = ()) -> dict:
     """One gpt-train run; its validation curve, training seconds per token and parameter count."""
     if not (out / "final").is_dir():  # a finished run is reused: the benchmark resumes after an interruption
         if out.exists():
@@ -74,6 +84,7 @@ def train(recipe: str, seed: int, out: Path, args: TimeToQualityArguments, max_s
                "--output_dir", str(out)]
         if max_steps is not None:
             cmd += ["--max_steps", str(max_steps)]
+        cmd += overrides
         env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
         done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
         if done.returncode:
@@ -119,6 +130,12 @@ def tokens_to_reach(curve: list, target: float) -> Optional[float]:
     return None
 
 
+def token_ratio(run: dict, base: dict) -> Optional[float]:
+    """The tokens `run` needs to reach `base`'s final validation loss, over `base`'s tokens (None: never)."""
+    reached = tokens_to_reach(run["curve"], base["final_val_loss"])
+    return None if reached is None else reached / base["tokens"]
+
+
 def summarize(runs: list[dict], confirms: list[dict]) -> dict:
     per_seed = []
     for seed in sorted({r["seed"] for r in runs}):
@@ -127,7 +144,7 @@ def summarize(runs: list[dict], confirms: list[dict]) -> dict:
         target = base["final_val_loss"]
         reached = tokens_to_reach(new["curve"], target)
         row = dict(seed=seed, target_val_loss=target, gpt2_tokens=base["tokens"], speedrun_tokens_to_target=reached,
-                   token_ratio=None if reached is None else reached / base["tokens"],
+                   token_ratio=token_ratio(new, base),
                    speedrun_final_val_loss=new["final_val_loss"],
                    cost_per_token_ratio=new["seconds_per_token"] / base["seconds_per_token"],
                    loss_at_equal_tokens=[(t, lb, ln) for (t, lb), (_, ln) in zip(base["curve"], new["curve"])])
@@ -152,7 +169,7 @@ def summarize(runs: list[dict], confirms: list[dict]) -> dict:
     return summary
 
 
-def plot(runs: list[dict], confirms: list[dict], summary: dict, path: Path):
+def plot(runs: list[dict], confirms: list[dict], ablations: list[dict], summary: dict, path: Path):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -169,6 +186,9 @@ def plot(runs: list[dict], confirms: list[dict], summary: dict, path: Path):
         tokens, losses = zip(*c["curve"])
         label = f"speedrun over {summary['confirm_token_ratio']:.2f}x the tokens" if i == 0 else None
         ax.plot([t / 1e3 for t in tokens], losses, color="tab:orange", ls="--", lw=1, label=label)
+    for r, color in zip(ablations, ("tab:green", "tab:purple")):
+        tokens, losses = zip(*r["curve"])
+        ax.plot([t / 1e3 for t in tokens], losses, color=color, ls="-.", lw=1, label=f"{r['recipe']} (seed 0)")
     ax.axhline(summary["gpt2_final_val_loss_mean"], color="gray", ls=":", lw=1, label="GPT-2 recipe's final val loss")
     ax.set_xlabel("training tokens (thousands)")
     ax.set_ylabel("validation loss")
@@ -204,17 +224,29 @@ def main(argv=None) -> dict:
             steps = round(args.confirm_ratio * base_steps)
             print(f"seed {seed}: speedrun over {steps} steps", flush=True)
             confirms.append(train("speedrun", seed, work / f"speedrun-{steps}steps-seed{seed}", args, steps))
+    ablations = []
+    if args.ablation:
+        for name, (recipe, overrides) in ABLATIONS.items():
+            print(f"seed 0: {name}", flush=True)
+            ablations.append(dict(train(recipe, 0, work / f"{name}-seed0", args, args.max_steps, overrides), recipe=name))
     summary = summarize(runs, confirms)
+    if ablations:
+        base = next(r for r in runs if r["recipe"] == "gpt2" and r["seed"] == 0)
+        summary["ablation_seed0"] = {
+            r["recipe"]: dict(final_val_loss=r["final_val_loss"], token_ratio=token_ratio(r, base),
+                              cost_per_token_ratio=r["seconds_per_token"] / base["seconds_per_token"])
+            for r in ablations
+        }
     output = Path(args.output)
     result = dict(
         command="nice python bench/time_to_quality.py " + shlex.join(argv if argv is not None else sys.argv[1:]),
         commit=git_commit(), machine=dict(cpu=platform.processor() or platform.machine(), threads=args.threads,
                                           cores=os.cpu_count(), load_average=os.getloadavg()),
         settings=asdict(args), recipes={k: yaml.safe_load(p.read_text()) for k, p in RECIPES.items()},
-        summary=summary, runs=runs, confirm_runs=confirms,
+        summary=summary, runs=runs, confirm_runs=confirms, ablation_runs=ablations,
     )
     atomic_io.write_json(output, result, indent=1)
-    plot(runs, confirms, summary, output.with_suffix(".png"))
+    plot(runs, confirms, ablations, summary, output.with_suffix(".png"))
     print(f"{'seed':>4} | {'target':>7} | {'tokens to target':>16} | {'ratio':>5} | {'cost/token':>10} | {'confirm':>7}")
     for r in summary["per_seed"]:
         ratio = "never" if r["token_ratio"] is None else f"{r['token_ratio']:.3f}"
