@@ -9,7 +9,8 @@ recipe by recipe within each seed (the order flips every seed) so that the share
 Reported, per seed and on average: the tokens the new recipe needs to reach the GPT-2 recipe's final validation
 loss (read off its validation curve, linearly interpolated between evaluations), as a ratio of the GPT-2 recipe's
 tokens; both recipes' validation loss at equal tokens; and the wall-clock training seconds per token of each
-(evaluation excluded). A warmup-stable-decay run only reaches its best loss in its final decay, so the crossing
+(evaluation excluded), over whole runs and, less disturbed by the shared machine's load, as the fastest quarter of
+single steps timed in short alternating runs (`--cost_rounds`). A warmup-stable-decay run only reaches its best loss in its final decay, so the crossing
 read off a full-length run overstates what the new recipe needs; `--confirm_ratio` therefore also trains it with
 a horizon of that fraction of the tokens and reports its final loss against the target. `--ablation` adds, for
 seed 0, each recipe's architecture trained with the other's optimizer and schedule.
@@ -54,6 +55,9 @@ class TimeToQualityArguments:
         default=0.7, metadata={"help": "also train the new recipe over this fraction of the steps (0: skip)"}
     )
     ablation: bool = field(default=False, metadata={"help": f"also train {sorted(ABLATIONS)} (seed 0)"})
+    cost_rounds: int = field(
+        default=4, metadata={"help": "short alternating runs of each recipe timing single steps (0: skip)"}
+    )
     threads: int = field(default=1, metadata={"help": "torch CPU threads of each training run"})
     dataset: str = field(default=str(REPO.parent / "shared" / "data" / "fineweb-edu-mini"),
                          metadata={"help": "FineWeb-Edu-like dataset to tokenize when the recipes' data_dir is empty"})
@@ -105,6 +109,19 @@ def train(recipe: str, seed: int, out: Path, args: TimeToQualityArguments, max_s
         train_seconds=seconds, seconds_per_token=seconds / records[-1]["tokens"],
         parameters=parameters(out), final_val_loss=records[-1]["val_loss"],
     )
+
+
+def step_costs(recipe: str, out: Path, args: TimeToQualityArguments, steps: int = 8) -> list[float]:
+    """Seconds per token of each step after the first of a short gpt-train run with a log line every step."""
+    shutil.rmtree(out, ignore_errors=True)
+    cmd = [sys.executable, str(REPO / "train_accelerate.py"), "--config", str(RECIPES[recipe]), "--output_dir", str(out),
+           "--max_steps", str(steps), "--eval_interval", "0", "--log_interval", "1", "--save_interval", "0"]
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
+    done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
+    if done.returncode:
+        sys.exit(f"time_to_quality: {shlex.join(cmd)} failed:\n{done.stderr[-3000:]}")
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return [1.0 / r["tokens_per_sec"] for r in records[1:]]
 
 
 def parameters(out: Path) -> int:
@@ -230,6 +247,20 @@ def main(argv=None) -> dict:
             print(f"seed 0: {name}", flush=True)
             ablations.append(dict(train(recipe, 0, work / f"{name}-seed0", args, args.max_steps, overrides), recipe=name))
     summary = summarize(runs, confirms)
+    if args.cost_rounds:
+        # the machine is shared: alternate short runs, and take each recipe's fastest steps as its cost
+        costs = {"gpt2": [], "speedrun": []}
+        for i in range(args.cost_rounds):
+            for recipe in (costs if i % 2 == 0 else reversed(list(costs))):
+                print(f"cost round {i}: {recipe}", flush=True)
+                costs[recipe] += step_costs(recipe, work / f"cost-{recipe}", args)
+        best = {k: sorted(v)[: max(1, len(v) // 4)] for k, v in costs.items()}  # the fastest quarter of the steps
+        summary["step_cost"] = dict(
+            seconds_per_token_fastest_quarter={k: mean(v) for k, v in best.items()},
+            seconds_per_token_median={k: sorted(v)[len(v) // 2] for k, v in costs.items()},
+            steps_timed={k: len(v) for k, v in costs.items()},
+            cost_per_token_ratio=mean(best["speedrun"]) / mean(best["gpt2"]),
+        )
     if ablations:
         base = next(r for r in runs if r["recipe"] == "gpt2" and r["seed"] == 0)
         summary["ablation_seed0"] = {
@@ -253,6 +284,10 @@ def main(argv=None) -> dict:
         reached = "-" if r["speedrun_tokens_to_target"] is None else f"{r['speedrun_tokens_to_target']:,.0f}"
         confirm = f"{r['confirm_final_val_loss']:.4f}" if "confirm_final_val_loss" in r else "-"
         print(f"{r['seed']:>4} | {r['target_val_loss']:.4f} | {reached:>16} | {ratio:>5} | {r['cost_per_token_ratio']:>10.3f} | {confirm:>7}")
+    if "step_cost" in summary:
+        cost = summary["step_cost"]
+        print(f"cost per token (fastest quarter of {cost['steps_timed']['gpt2']} alternating steps each): "
+              f"speedrun / gpt2 = {cost['cost_per_token_ratio']:.3f}")
     print(f"results in {output} and {output.with_suffix('.png')}")
     return result
 
