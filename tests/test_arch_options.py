@@ -36,6 +36,13 @@ def assert_same_function(ours, native):
         a, b = native(x, labels=x), ours(x, labels=x)
     torch.testing.assert_close(b.logits, a.logits, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(b.loss, a.loss, atol=1e-6, rtol=1e-6)
+    # cached decoding, step by step on the logits (a random tiny model repeats tokens: tokens alone prove little)
+    prompt = x[:, :5]
+    kwargs = dict(attention_mask=torch.ones_like(prompt), max_new_tokens=6, do_sample=False, pad_token_id=VOCAB - 1,
+                  output_logits=True, return_dict_in_generate=True)
+    ga, gb = native.generate(prompt, **kwargs), ours.generate(prompt, **kwargs)
+    assert torch.equal(gb.sequences, ga.sequences)
+    torch.testing.assert_close(torch.stack(gb.logits), torch.stack(ga.logits), atol=1e-5, rtol=1e-5)
 
 
 def assert_round_trip(ours, back):
@@ -100,7 +107,8 @@ def test_untied_head_with_qk_norm_matches_qwen3(tmp_path):
 @pytest.mark.parametrize("preset", ["tiny", "gpt2.5"])
 def test_zero_init_residual(preset):
     torch.manual_seed(0)
-    model = GPTForCausalLM(GPTConfig.from_preset(preset, vocab_size=VOCAB, n_layer=4, n_embd=64, n_head=4, zero_init_residual=True))
+    model = GPTForCausalLM(GPTConfig.from_preset(preset, vocab_size=VOCAB, n_layer=4, n_embd=64, n_head=4, zero_init_residual=True,
+                                                         bos_token_id=VOCAB - 1, eos_token_id=VOCAB - 1))
     for name, p in model.named_parameters():
         if name.endswith("c_proj.weight"):
             assert torch.count_nonzero(p) == 0, name

@@ -16,7 +16,7 @@ def parse(*argv):
 def tiny(**overrides):
     torch.manual_seed(0)
     config = GPTConfig.from_preset("gpt2.5", vocab_size=512, n_layer=2, n_embd=64, n_head=4, n_inner=128, n_positions=64,
-                                   **overrides)
+                                   bos_token_id=511, eos_token_id=511, **overrides)
     return GPTForCausalLM(config)
 
 
@@ -63,7 +63,7 @@ def test_muon_takes_the_block_matrices_and_adamw_the_rest():
 
 def test_classic_model_biases_and_positions_go_to_adamw():
     torch.manual_seed(0)
-    model = GPTForCausalLM(GPTConfig.from_preset("tiny", vocab_size=512, n_layer=2))
+    model = GPTForCausalLM(GPTConfig.from_preset("tiny", vocab_size=512, n_layer=2, bos_token_id=511, eos_token_id=511))
     _, _, args = parse("--optimizer", "muon")
     muon, adamw = ta.build_optimizers(model, args, torch.device("cpu"))
     assert all(p.dim() == 2 for p in muon.param_groups[0]["params"]) and len(muon.param_groups[0]["params"]) == 8
