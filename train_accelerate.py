@@ -350,28 +350,29 @@ def muon_params(model: torch.nn.Module) -> list[torch.nn.Parameter]:
 
 
 def build_optimizers(model: torch.nn.Module, args: TrainArguments, device: torch.device) -> list[torch.optim.Optimizer]:
-    """[AdamW] or [Muon, AdamW]. Every param group carries its own peak LR ("peak_lr"); set_lrs applies
-    the schedule to each."""
+    """[AdamW], or [Muon, AdamW] for optimizer=muon: the order of peak_lrs(args)."""
     adamw_kwargs = dict(betas=(args.adam_beta1, args.adam_beta2), eps=args.adam_epsilon, fused=device.type == "cuda")
     if args.optimizer == "adamw":
-        groups = [dict(g, peak_lr=args.learning_rate) for g in param_groups(model, args.weight_decay)]
-        return [torch.optim.AdamW(groups, lr=args.learning_rate, **adamw_kwargs)]
+        return [torch.optim.AdamW(param_groups(model, args.weight_decay), lr=args.learning_rate, **adamw_kwargs)]
     hidden = muon_params(model)
-    muon = torch.optim.Muon(
-        [dict(params=hidden, peak_lr=args.muon_learning_rate)], lr=args.muon_learning_rate,
-        momentum=args.muon_momentum, weight_decay=args.muon_weight_decay,
-    )
-    rest = [dict(g, peak_lr=args.learning_rate) for g in param_groups(model, args.weight_decay, hidden)]
-    return [muon, torch.optim.AdamW(rest, lr=args.learning_rate, **adamw_kwargs)]
+    muon = torch.optim.Muon(hidden, lr=args.muon_learning_rate, momentum=args.muon_momentum,
+                            weight_decay=args.muon_weight_decay)
+    adamw = torch.optim.AdamW(param_groups(model, args.weight_decay, hidden), lr=args.learning_rate, **adamw_kwargs)
+    return [muon, adamw]
+
+
+def peak_lrs(args: TrainArguments) -> list[float]:
+    """Each optimizer's peak LR, from the settings (never from a checkpoint's param groups)."""
+    return [args.muon_learning_rate, args.learning_rate] if args.optimizer == "muon" else [args.learning_rate]
 
 
 def set_lrs(optimizers: list, step: int, args: TrainArguments) -> float:
-    """Apply the schedule to every param group's own peak; return AdamW's LR (the one logged)."""
+    """Apply the schedule to each optimizer from its own peak; return AdamW's LR (the one logged)."""
     schedule = dict(warmup_steps=args.warmup_steps, max_steps=args.max_steps, min_lr_ratio=args.min_lr_ratio,
                     schedule=args.lr_schedule, decay_ratio=args.decay_ratio)
-    for optimizer in optimizers:
+    for optimizer, peak in zip(optimizers, peak_lrs(args), strict=True):
         for group in optimizer.param_groups:
-            group["lr"] = get_lr(step, learning_rate=group["peak_lr"], **schedule)
+            group["lr"] = get_lr(step, learning_rate=peak, **schedule)
     return get_lr(step, learning_rate=args.learning_rate, **schedule)
 
 

@@ -51,11 +51,11 @@ def test_muon_takes_the_block_matrices_and_adamw_the_rest():
     assert sorted(names[id(p)] for p in hidden["params"]) == sorted(
         f"transformer.h.{i}.{m}.weight" for i in range(2) for m in ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
     )
-    assert (hidden["peak_lr"], hidden["weight_decay"], hidden["momentum"], hidden["nesterov"]) == (0.05, 0.01, 0.95, True)
+    assert (hidden["lr"], hidden["weight_decay"], hidden["momentum"], hidden["nesterov"]) == (0.05, 0.01, 0.95, True)
     decay, no_decay = adamw.param_groups
     assert sorted(names[id(p)] for p in decay["params"]) == ["lm_head.weight", "transformer.wte.weight"]
     assert all(names[id(p)].endswith(("norm.weight", "ln_1.weight", "ln_2.weight", "ln_f.weight")) for p in no_decay["params"])
-    assert (decay["peak_lr"], decay["weight_decay"], no_decay["weight_decay"]) == (3e-3, 0.1, 0.0)
+    assert (decay["lr"], decay["weight_decay"], no_decay["weight_decay"]) == (3e-3, 0.1, 0.0)
     # every trainable parameter in exactly one group
     grouped = [id(p) for opt in (muon, adamw) for g in opt.param_groups for p in g["params"]]
     assert sorted(grouped) == sorted(names) and len(set(grouped)) == len(grouped)
@@ -82,6 +82,15 @@ def test_each_group_follows_the_schedule_from_its_own_peak():
         assert logged == pytest.approx(3e-3 * factor)
         assert muon.param_groups[0]["lr"] == pytest.approx(0.04 * factor)
         assert [g["lr"] for g in adamw.param_groups] == pytest.approx([3e-3 * factor] * 2)
+    # a resumed run's peaks come from its settings, not from the LRs stored in the checkpoint's param groups
+    saved = [opt.state_dict() for opt in (muon, adamw)]
+    _, _, args = parse("--optimizer", "muon", "--lr_schedule", "wsd", "--max_steps", "100", "--warmup_steps", "10",
+                       "--learning_rate", "1e-3", "--muon_learning_rate", "0.01")
+    muon, adamw = ta.build_optimizers(model, args, torch.device("cpu"))
+    for opt, state in zip((muon, adamw), saved):
+        opt.load_state_dict(state)
+    ta.set_lrs([muon, adamw], 50, args)
+    assert muon.param_groups[0]["lr"] == 0.01 and [g["lr"] for g in adamw.param_groups] == [1e-3, 1e-3]
 
 
 def test_adamw_alone_is_unchanged():
