@@ -15,7 +15,7 @@ read off a full-length run overstates what the new recipe needs; `--confirm_rati
 a horizon of that fraction of the tokens and reports its final loss against the target. `--ablation` adds, for
 seed 0, each recipe's architecture trained with the other's optimizer and schedule.
 
-    nice python bench/time_to_quality.py --seeds 3 --ablation     # -> bench/results/time_to_quality_cpu.json, .png
+    nice python bench/time_to_quality.py --seeds 3 --ablation --save   # -> bench/results/time_to_quality_cpu.json, .png
 """
 
 import json
@@ -34,6 +34,7 @@ import yaml
 from transformers import HfArgumentParser
 
 import atomic_io
+from bench_output import SAVE_HELP, results_path
 from train_throughput import git_commit
 
 REPO = Path(__file__).resolve().parents[1]
@@ -63,8 +64,8 @@ class TimeToQualityArguments:
                          metadata={"help": "FineWeb-Edu-like dataset to tokenize when the recipes' data_dir is empty"})
     vocab_size: int = field(default=2048, metadata={"help": "BPE vocabulary trained on the dataset"})
     work_dir: str = field(default="out/time_to_quality", metadata={"help": "folder for the training runs"})
-    output: str = field(default=str(REPO / "bench" / "results" / "time_to_quality_cpu.json"),
-                        metadata={"help": "JSON results; the plot is written next to it as .png"})
+    output: Optional[str] = field(default=None, metadata={"help": "JSON results (the plot goes next to it as .png)"})
+    save: bool = field(default=False, metadata={"help": SAVE_HELP})
 
 
 def ensure_data(data_dir: Path, args: TimeToQualityArguments):
@@ -268,7 +269,7 @@ def main(argv=None) -> dict:
             r["recipe"]: dict(final_val_loss=r["final_val_loss"], token_ratio=token_ratio(r, base))
             for r in ablations
         }
-    output = Path(args.output)
+    output = results_path("time_to_quality_cpu.json", args.output, args.save)
     result = dict(
         command="nice python bench/time_to_quality.py " + shlex.join(argv if argv is not None else sys.argv[1:]),
         commit=git_commit(), machine=dict(cpu=platform.processor() or platform.machine(), threads=args.threads,
