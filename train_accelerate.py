@@ -46,7 +46,10 @@ from modeling_gpt.tokenizer import publishable_tokenizer
 
 MIXED_PRECISION = ("no", "fp16", "bf16")
 TRACKERS = ("auto", "tensorboard", "wandb", "none")
-MODEL_OVERRIDES = ("n_layer", "n_head", "n_embd", "n_inner", "n_positions", "dropout", "rope_theta")
+MODEL_OVERRIDES = ("n_layer", "n_head", "n_embd", "n_inner", "n_positions", "dropout", "rope_theta",
+                   "qk_norm", "tie_word_embeddings", "zero_init_residual")
+OPTIMIZERS = ("adamw", "muon")
+LR_SCHEDULES = ("cosine", "wsd")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -72,6 +75,15 @@ class ModelArguments:
     n_positions: Optional[int] = field(default=None, metadata={"help": "Override the preset's context length."})
     dropout: Optional[float] = field(default=None, metadata={"help": "Override the preset's dropout (0 for pretraining)."})
     rope_theta: Optional[float] = field(default=None, metadata={"help": "Override the RoPE base (modern variant only)."})
+    qk_norm: Optional[bool] = field(
+        default=None, metadata={"help": "RMSNorm on queries and keys per head (the modern variant then exports as Qwen3)."}
+    )
+    tie_word_embeddings: Optional[bool] = field(
+        default=None, metadata={"help": "Override the preset's sharing of the input embedding with the output head."}
+    )
+    zero_init_residual: Optional[bool] = field(
+        default=None, metadata={"help": "Initialise the residual projections (attention and MLP c_proj) at zero."}
+    )
     attn_implementation: str = field(
         default="sdpa", metadata={"help": "Attention kernel: sdpa, eager, flash_attention_2, flex_attention."}
     )
@@ -121,10 +133,26 @@ class TrainArguments:
             "(micro_batch_size * seq_len * world_size), which must be a whole number."
         },
     )
-    learning_rate: float = field(default=6e-4, metadata={"help": "Peak learning rate."})
-    min_lr_ratio: float = field(default=0.1, metadata={"help": "The cosine decays to learning_rate * min_lr_ratio."})
-    warmup_steps: int = field(default=715, metadata={"help": "Linear warmup steps before the cosine decay."})
+    optimizer: str = field(
+        default="adamw",
+        metadata={"help": f"One of {OPTIMIZERS}: AdamW for everything, or Muon for the 2-D weights of the blocks and "
+                          "AdamW for the embeddings, head, norms and biases."},
+    )
+    learning_rate: float = field(default=6e-4, metadata={"help": "Peak learning rate of AdamW."})
+    lr_schedule: str = field(
+        default="cosine",
+        metadata={"help": f"One of {LR_SCHEDULES}: linear warmup, then cosine decay, or warmup-stable-decay "
+                          "(constant, then a linear decay over the last decay_ratio of the steps)."},
+    )
+    min_lr_ratio: float = field(default=0.1, metadata={"help": "The schedule decays to the peak * min_lr_ratio."})
+    warmup_steps: int = field(default=715, metadata={"help": "Linear warmup steps before the stable or decaying part."})
+    decay_ratio: float = field(default=0.2, metadata={"help": "wsd: the fraction of max_steps spent in the final decay."})
     weight_decay: float = field(default=0.1, metadata={"help": "AdamW weight decay, on matrices and embeddings only."})
+    muon_learning_rate: float = field(
+        default=0.02, metadata={"help": "optimizer=muon: peak learning rate of Muon (same schedule as AdamW's)."}
+    )
+    muon_momentum: float = field(default=0.95, metadata={"help": "optimizer=muon: Muon's (Nesterov) momentum."})
+    muon_weight_decay: float = field(default=0.0, metadata={"help": "optimizer=muon: Muon's decoupled weight decay."})
     adam_beta1: float = field(default=0.9, metadata={"help": "AdamW beta1."})
     adam_beta2: float = field(default=0.95, metadata={"help": "AdamW beta2."})
     adam_epsilon: float = field(default=1e-8, metadata={"help": "AdamW epsilon."})
@@ -259,8 +287,21 @@ def validate_args(model_args: ModelArguments, data_args: DataArguments, args: Tr
             raise ConfigError(f"{name}={getattr(args, name)} must be >= 0")
     if args.eval_interval and args.val_batches < 1 and not args.hellaswag and not args.sample_prompts:
         raise ConfigError(f"eval_interval={args.eval_interval} but val_batches=0, hellaswag off and no sample_prompts: nothing to evaluate")
-    if not args.learning_rate > 0:
-        raise ConfigError(f"learning_rate={args.learning_rate} must be > 0")
+    for name in ("learning_rate", "muon_learning_rate"):
+        if not getattr(args, name) > 0:
+            raise ConfigError(f"{name}={getattr(args, name)} must be > 0")
+    for name, allowed in (("optimizer", OPTIMIZERS), ("lr_schedule", LR_SCHEDULES)):
+        if getattr(args, name) not in allowed:
+            raise ConfigError(f"{name}={getattr(args, name)!r} is not supported; use one of {allowed}")
+    if not 0 <= args.decay_ratio <= 1:
+        raise ConfigError(f"decay_ratio={args.decay_ratio} must be in [0, 1]")
+    if not 0 <= args.muon_momentum < 1 or args.muon_weight_decay < 0:
+        raise ConfigError(
+            f"muon_momentum={args.muon_momentum} must be in [0, 1) and muon_weight_decay={args.muon_weight_decay} >= 0"
+        )
+    if args.optimizer == "muon" and args.mixed_precision == "fp16":
+        raise ConfigError("optimizer='muon' with mixed_precision='fp16' is not supported (one loss scaler cannot "
+                          "step two optimizers); use bf16 or no")
     if not 0 <= args.min_lr_ratio <= 1:
         raise ConfigError(f"min_lr_ratio={args.min_lr_ratio} must be in [0, 1]")
     if args.weight_decay < 0 or args.grad_clip < 0 or args.adam_epsilon <= 0:
@@ -296,24 +337,67 @@ def gradient_accumulation_steps(total_batch_tokens: int, micro_batch_size: int, 
 # Optimization
 
 
-def get_lr(step: int, *, learning_rate: float, warmup_steps: int, max_steps: int, min_lr_ratio: float) -> float:
-    """LR of optimizer step `step` (0-based): linear warmup to the peak, then cosine to min_lr_ratio * peak."""
+def get_lr(step: int, *, learning_rate: float, warmup_steps: int, max_steps: int, min_lr_ratio: float,
+           schedule: str = "cosine", decay_ratio: float = 0.2) -> float:
+    """LR of optimizer step `step` (0-based): linear warmup to the peak, then either a cosine to
+    min_lr_ratio * peak ("cosine"), or the peak held until the last decay_ratio of the steps, which
+    decay linearly to min_lr_ratio * peak ("wsd", warmup-stable-decay)."""
     min_lr = learning_rate * min_lr_ratio
     if step < warmup_steps:
         return learning_rate * (step + 1) / warmup_steps
     if step >= max_steps:
         return min_lr
+    if schedule == "wsd":
+        decay_steps = round(decay_ratio * max_steps)
+        decay_start = max(warmup_steps, max_steps - decay_steps)
+        if step < decay_start:
+            return learning_rate
+        return learning_rate - (step - decay_start) / (max_steps - decay_start) * (learning_rate - min_lr)
     progress = (step - warmup_steps) / max(1, max_steps - warmup_steps)
     return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (learning_rate - min_lr)
 
 
-def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """Decay the matrices and embeddings (dim >= 2); never biases and norm gains."""
-    params = [p for p in model.parameters() if p.requires_grad]  # tied weights appear once
+def param_groups(model: torch.nn.Module, weight_decay: float, exclude: tuple = ()) -> list[dict]:
+    """Decay the matrices and embeddings (dim >= 2); never biases and norm gains. Skips the params in `exclude`."""
+    skip = {id(p) for p in exclude}
+    params = [p for p in model.parameters() if p.requires_grad and id(p) not in skip]  # tied weights appear once
     return [
         {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
         {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
     ]
+
+
+def muon_params(model: torch.nn.Module) -> list[torch.nn.Parameter]:
+    """The 2-D weights of the transformer blocks: what Muon orthogonalises (never embeddings or the head)."""
+    blocks = model.transformer.h
+    return [p for p in blocks.parameters() if p.requires_grad and p.dim() == 2]
+
+
+def build_optimizers(model: torch.nn.Module, args: TrainArguments, device: torch.device) -> list[torch.optim.Optimizer]:
+    """[AdamW], or [Muon, AdamW] for optimizer=muon: the order of peak_lrs(args)."""
+    adamw_kwargs = dict(betas=(args.adam_beta1, args.adam_beta2), eps=args.adam_epsilon, fused=device.type == "cuda")
+    if args.optimizer == "adamw":
+        return [torch.optim.AdamW(param_groups(model, args.weight_decay), lr=args.learning_rate, **adamw_kwargs)]
+    hidden = muon_params(model)
+    muon = torch.optim.Muon(hidden, lr=args.muon_learning_rate, momentum=args.muon_momentum,
+                            weight_decay=args.muon_weight_decay)
+    adamw = torch.optim.AdamW(param_groups(model, args.weight_decay, hidden), lr=args.learning_rate, **adamw_kwargs)
+    return [muon, adamw]
+
+
+def peak_lrs(args: TrainArguments) -> list[float]:
+    """Each optimizer's peak LR, from the settings (never from a checkpoint's param groups)."""
+    return [args.muon_learning_rate, args.learning_rate] if args.optimizer == "muon" else [args.learning_rate]
+
+
+def set_lrs(optimizers: list, step: int, args: TrainArguments) -> float:
+    """Apply the schedule to each optimizer from its own peak; return AdamW's LR (the one logged)."""
+    schedule = dict(warmup_steps=args.warmup_steps, max_steps=args.max_steps, min_lr_ratio=args.min_lr_ratio,
+                    schedule=args.lr_schedule, decay_ratio=args.decay_ratio)
+    for optimizer, peak in zip(optimizers, peak_lrs(args), strict=True):
+        for group in optimizer.param_groups:
+            group["lr"] = get_lr(step, learning_rate=peak, **schedule)
+    return get_lr(step, learning_rate=args.learning_rate, **schedule)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -538,7 +622,7 @@ class Run:
     model: torch.nn.Module  # as prepared by accelerate (wrapped for DDP / FSDP)
     train_forward: Callable  # the compiled model, or the model itself
     eval_model: GPTForCausalLM  # the unwrapped module: evaluation and generation stay eager
-    optimizer: torch.optim.Optimizer
+    optimizers: list  # [AdamW] or [Muon, AdamW], as prepared by accelerate
     tokenizer: Any
     train_loader: token_shards.ShardDataLoader
     val_loader: token_shards.ShardDataLoader
@@ -811,11 +895,7 @@ def start_up(argv=None) -> Run:
 
     n_params, flops_token = model.num_parameters(), flops_per_token(model.config, args.seq_len)  # before FSDP shards it
     model_config, data = model.config.to_dict(), data_identity(data_args.data_dir, manifest)
-    optimizer = torch.optim.AdamW(
-        param_groups(model, args.weight_decay), lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
-        eps=args.adam_epsilon, fused=device.type == "cuda",
-    )
-    model, optimizer = accelerator.prepare(model, optimizer)
+    model, *optimizers = accelerator.prepare(model, *build_optimizers(model, args, device))
 
     checkpoints = CheckpointManager(output_dir / "checkpoints", args.keep_last_k)
     metrics = MetricsLog(output_dir / "metrics.jsonl")
@@ -852,7 +932,7 @@ def start_up(argv=None) -> Run:
         args=args, accelerator=accelerator, model=model,
         # compile the training forward only: evaluation and generation use the eager module
         train_forward=torch.compile(model) if args.compile else model, eval_model=accelerator.unwrap_model(model),
-        optimizer=optimizer, tokenizer=tokenizer, train_loader=train_loader, val_loader=val_loader,
+        optimizers=optimizers, tokenizer=tokenizer, train_loader=train_loader, val_loader=val_loader,
         checkpoints=checkpoints, metrics=metrics, tracker=tracker, accum=accum, settings=settings, data=data,
         hardware=dict(device=device_name, processes=world, distributed=str(accelerator.distributed_type)),
         flops_per_token=flops_token,
@@ -865,11 +945,9 @@ def start_up(argv=None) -> Run:
 # The loop: one optimizer step, then a log line, an evaluation and a checkpoint when they are due
 
 
-def train_step(run: Run, lr: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """One optimizer step over `accum` micro-batches: (mean loss, gradient norm), both still on the device."""
+def train_step(run: Run) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimizer step over `accum` micro-batches (the LRs already set): (mean loss, gradient norm), on the device."""
     accelerator, model, device = run.accelerator, run.model, run.accelerator.device
-    for group in run.optimizer.param_groups:
-        group["lr"] = lr
     loss_sum = torch.zeros((), device=device)
     for micro_step in range(run.accum):
         x, y = run.train_loader.next_batch()
@@ -883,8 +961,9 @@ def train_step(run: Run, lr: float) -> tuple[torch.Tensor, torch.Tensor]:
     grad_norm = accelerator.clip_grad_norm_(model.parameters(), run.args.grad_clip or float("inf"))
     if isinstance(grad_norm, DTensor):  # FSDP2's norm: already reduced over the shards
         grad_norm = grad_norm.full_tensor()
-    run.optimizer.step()
-    run.optimizer.zero_grad(set_to_none=True)
+    for optimizer in run.optimizers:
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
     return loss_sum, grad_norm
 
 
@@ -1029,9 +1108,8 @@ def train(argv=None):
     step = run.start_step
     try:
         for step in range(run.start_step, args.max_steps):
-            lr = get_lr(step, learning_rate=args.learning_rate, warmup_steps=args.warmup_steps,
-                        max_steps=args.max_steps, min_lr_ratio=args.min_lr_ratio)
-            loss, grad_norm = train_step(run, lr)
+            lr = set_lrs(run.optimizers, step, args)
+            loss, grad_norm = train_step(run)
             done = step + 1
             pending.append((done, lr, loss, grad_norm))
             progress.update(1)

@@ -54,6 +54,10 @@ class GPTConfig(PretrainedConfig):
         rope_theta: RoPE base frequency.
         initializer_range: std of the normal init; residual projections use it / sqrt(2 * n_layer).
         tie_word_embeddings: share the input embedding with the output head.
+        qk_norm: RMSNorm over the head dimension of queries and keys, before RoPE (Qwen3's convention;
+            the modern variant with it exports as `Qwen3ForCausalLM`).
+        zero_init_residual: start the residual projections (attention and MLP `c_proj`) at zero, so that
+            every block begins as the identity. Changes the init only.
     """
 
     model_type = "gpt"
@@ -86,6 +90,8 @@ class GPTConfig(PretrainedConfig):
         rope_theta=10000.0,
         initializer_range=0.02,
         tie_word_embeddings=True,
+        qk_norm=False,
+        zero_init_residual=False,
         bos_token_id=50256,
         eos_token_id=50256,
         pad_token_id=None,
@@ -110,6 +116,8 @@ class GPTConfig(PretrainedConfig):
         self.rope_theta = rope_theta
         self.initializer_range = initializer_range
         self.tie_word_embeddings = tie_word_embeddings
+        self.qk_norm = qk_norm
+        self.zero_init_residual = zero_init_residual
         self.use_cache = use_cache
         self.bos_token_id = bos_token_id
         self.eos_token_id = eos_token_id
@@ -148,6 +156,9 @@ class GPTConfig(PretrainedConfig):
                 f"position_embedding='rope' needs an even head size, got n_embd/n_head = "
                 f"{self.n_embd}/{self.n_head} = {self.head_dim}"
             )
+        for field in ("qk_norm", "zero_init_residual"):
+            if not isinstance(getattr(self, field), bool):
+                raise ValueError(f"{field}={getattr(self, field)!r} must be true or false")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout={self.dropout!r} must be in [0, 1)")
         if self.layer_norm_epsilon <= 0:

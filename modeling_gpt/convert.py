@@ -1,13 +1,13 @@
 """Weights to and from transformers' own architectures.
 
 Classic GPT (LayerNorm, GELU, learned positions) <-> `GPT2LMHeadModel`;
-modern GPT (RMSNorm, SwiGLU, RoPE, no biases) <-> `LlamaForCausalLM`.
+modern GPT (RMSNorm, SwiGLU, RoPE, no biases) <-> `LlamaForCausalLM`, or `Qwen3ForCausalLM` with qk_norm.
 The padded vocabulary rows are dropped on the way out and zero-filled on the way in.
 Ships with the model as remote code, so it imports only torch, transformers and its siblings.
 """
 
 import torch
-from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, Qwen3Config, Qwen3ForCausalLM
 
 from .configuration_gpt import GPTConfig
 from .modeling_gpt import GPTForCausalLM
@@ -17,10 +17,12 @@ MODERN = dict(norm="rmsnorm", mlp="swiglu", position_embedding="rope", bias=Fals
 
 
 def _variant(config: GPTConfig) -> str:
+    if all(getattr(config, k) == v for k, v in MODERN.items()):
+        return "qwen3" if config.qk_norm else "llama"
+    if config.qk_norm:
+        raise ValueError(f"qk_norm exports only with the modern variant (Qwen3ForCausalLM needs {MODERN})")
     if all(getattr(config, k) == v for k, v in CLASSIC.items()):
         return "gpt2"
-    if all(getattr(config, k) == v for k, v in MODERN.items()):
-        return "llama"
     combo = {k: getattr(config, k) for k in ("norm", "mlp", "position_embedding", "bias")}
     raise ValueError(
         f"no native transformers twin for {combo}: GPT2LMHeadModel needs {CLASSIC}, "
@@ -52,7 +54,8 @@ def _gpt2_keys(config: GPTConfig):
     return keys
 
 
-def _llama_state_dict(model: GPTForCausalLM) -> dict:
+def _modern_state_dict(model: GPTForCausalLM) -> dict:
+    """Llama's (and Qwen3's) tensor names; Qwen3 adds q_norm / k_norm per layer."""
     cfg, sd = model.config, model.state_dict()
     C, n = cfg.n_embd, cfg.n_inner
     out = {"model.embed_tokens.weight": sd["transformer.wte.weight"][: cfg.vocab_size],
@@ -69,6 +72,9 @@ def _llama_state_dict(model: GPTForCausalLM) -> dict:
             q + "mlp.gate_proj.weight": gate, q + "mlp.up_proj.weight": up,
             q + "mlp.down_proj.weight": sd[p + "mlp.c_proj.weight"],
         })
+        if cfg.qk_norm:
+            out[q + "self_attn.q_norm.weight"] = sd[p + "attn.q_norm.weight"]
+            out[q + "self_attn.k_norm.weight"] = sd[p + "attn.k_norm.weight"]
     if not cfg.tie_word_embeddings:
         out["lm_head.weight"] = sd["lm_head.weight"][: cfg.vocab_size]
     return out
@@ -92,9 +98,10 @@ def _load(model: GPTForCausalLM, state: dict) -> GPTForCausalLM:
 
 
 def to_hf_native(model: GPTForCausalLM):
-    """A GPT2LMHeadModel or LlamaForCausalLM holding exactly our weights (same dtype, on CPU)."""
+    """A GPT2LMHeadModel, LlamaForCausalLM or Qwen3ForCausalLM holding exactly our weights (same dtype, on CPU)."""
     cfg = model.config
-    if _variant(cfg) == "gpt2":
+    variant = _variant(cfg)
+    if variant == "gpt2":
         native_cfg = GPT2Config(
             n_positions=cfg.n_positions, n_embd=cfg.n_embd, n_layer=cfg.n_layer, n_head=cfg.n_head,
             n_inner=cfg.n_inner, activation_function="gelu_new", layer_norm_epsilon=cfg.layer_norm_epsilon,
@@ -112,16 +119,19 @@ def to_hf_native(model: GPTForCausalLM):
             state[theirs] = t[: cfg.vocab_size] if ours.endswith(("wte.weight", "lm_head.weight")) else t
         native = GPT2LMHeadModel(native_cfg)
     else:
-        native_cfg = LlamaConfig(
+        fields = dict(
             hidden_size=cfg.n_embd, intermediate_size=cfg.n_inner, num_hidden_layers=cfg.n_layer,
             num_attention_heads=cfg.n_head, num_key_value_heads=cfg.n_head, head_dim=cfg.head_dim,
             max_position_embeddings=cfg.n_positions, rms_norm_eps=cfg.layer_norm_epsilon, hidden_act="silu",
             rope_parameters={"rope_type": "default", "rope_theta": cfg.rope_theta},
-            attention_bias=False, mlp_bias=False, attention_dropout=cfg.dropout,
+            attention_bias=False, attention_dropout=cfg.dropout,
             initializer_range=cfg.initializer_range, **_common_fields(cfg),
         )
-        state = _llama_state_dict(model)
-        native = LlamaForCausalLM(native_cfg)
+        if variant == "qwen3":
+            native = Qwen3ForCausalLM(Qwen3Config(use_sliding_window=False, **fields))
+        else:
+            native = LlamaForCausalLM(LlamaConfig(mlp_bias=False, **fields))
+        state = _modern_state_dict(model)
     native.to(next(model.parameters()).dtype)
     native.load_state_dict({k: v.detach().clone().cpu() for k, v in state.items()}, strict=not cfg.tie_word_embeddings)
     native.tie_weights()
@@ -167,6 +177,18 @@ def from_llama(model_or_path, **from_pretrained_kwargs) -> GPTForCausalLM:
     native = model_or_path
     if not isinstance(native, LlamaForCausalLM):
         native = _load_native(LlamaForCausalLM, model_or_path, from_pretrained_kwargs)
+    return _from_modern(native, qk_norm=False)
+
+
+def from_qwen3(model_or_path, **from_pretrained_kwargs) -> GPTForCausalLM:
+    """Our modern GPT with qk_norm from a Qwen3ForCausalLM (multi-head attention, default RoPE, no sliding window)."""
+    native = model_or_path
+    if not isinstance(native, Qwen3ForCausalLM):
+        native = _load_native(Qwen3ForCausalLM, model_or_path, from_pretrained_kwargs)
+    return _from_modern(native, qk_norm=True)
+
+
+def _from_modern(native, qk_norm: bool) -> GPTForCausalLM:
     c = native.config
     rope = c.rope_parameters or {}
     head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
@@ -174,17 +196,19 @@ def from_llama(model_or_path, **from_pretrained_kwargs) -> GPTForCausalLM:
         "num_key_value_heads": (c.num_key_value_heads, c.num_attention_heads),
         "head_dim": (head_dim, c.hidden_size // c.num_attention_heads),
         "rope_type": (rope.get("rope_type", "default"), "default"),
-        "attention_bias": (c.attention_bias, False), "mlp_bias": (c.mlp_bias, False), "hidden_act": (c.hidden_act, "silu"),
+        "attention_bias": (c.attention_bias, False), "mlp_bias": (getattr(c, "mlp_bias", False), False),
+        "hidden_act": (c.hidden_act, "silu"), "sliding_window": (getattr(c, "sliding_window", None), None),
     }
     bad = {k: got for k, (got, want) in problems.items() if got != want}
     if bad:
-        raise ValueError(f"this Llama has no GPT twin: {bad}; need { {k: w for k, (_, w) in problems.items()} }")
+        name = type(native).__name__
+        raise ValueError(f"this {name} has no GPT twin: {bad}; need { {k: w for k, (_, w) in problems.items()} }")
     cfg = GPTConfig(
         vocab_size=c.vocab_size, n_positions=c.max_position_embeddings, n_embd=c.hidden_size,
         n_layer=c.num_hidden_layers, n_head=c.num_attention_heads, n_inner=c.intermediate_size,
         layer_norm_epsilon=c.rms_norm_eps, rope_theta=rope.get("rope_theta", 10000.0), dropout=c.attention_dropout,
         initializer_range=c.initializer_range, bos_token_id=c.bos_token_id, eos_token_id=c.eos_token_id,
-        pad_token_id=c.pad_token_id, tie_word_embeddings=c.tie_word_embeddings, **MODERN,
+        pad_token_id=c.pad_token_id, tie_word_embeddings=c.tie_word_embeddings, qk_norm=qk_norm, **MODERN,
     )
     sd = native.state_dict()
     state = {"transformer.wte.weight": sd["model.embed_tokens.weight"], "transformer.ln_f.weight": sd["model.norm.weight"]}
@@ -199,6 +223,9 @@ def from_llama(model_or_path, **from_pretrained_kwargs) -> GPTForCausalLM:
             p + "mlp.c_fc.weight": torch.cat([sd[m + "gate_proj.weight"], sd[m + "up_proj.weight"]]),
             p + "mlp.c_proj.weight": sd[m + "down_proj.weight"],
         })
+        if qk_norm:
+            state[p + "attn.q_norm.weight"] = sd[a + "q_norm.weight"]
+            state[p + "attn.k_norm.weight"] = sd[a + "k_norm.weight"]
     if not cfg.tie_word_embeddings:
         state["lm_head.weight"] = sd["lm_head.weight"]
     state = {k: v.clone() for k, v in state.items()}

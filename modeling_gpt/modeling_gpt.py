@@ -104,10 +104,15 @@ class GPTAttention(nn.Module):
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.c_proj.is_residual_projection = True
         self.resid_dropout = nn.Dropout(config.dropout)
+        if config.qk_norm:  # per head, over head_dim, like Qwen3
+            self.q_norm = GPTRMSNorm(self.head_dim, config.layer_norm_epsilon)
+            self.k_norm = GPTRMSNorm(self.head_dim, config.layer_norm_epsilon)
 
     def forward(self, hidden_states, attention_mask=None, position_embeddings=None, cache=None, **kwargs):
         B, T, C = hidden_states.shape
         q, k, v = self.c_attn(hidden_states).view(B, T, 3, self.config.n_head, self.head_dim).unbind(2)
+        if self.config.qk_norm:  # before RoPE
+            q, k = self.q_norm(q), self.k_norm(k)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, nh, T, hs)
         if position_embeddings is not None:
             q, k = apply_rotary(q, k, *position_embeddings)
@@ -184,7 +189,7 @@ class GPTPreTrainedModel(PreTrainedModel):
         std = self.config.initializer_range
         if isinstance(module, nn.Linear):
             if getattr(module, "is_residual_projection", False):
-                std = std / math.sqrt(2 * self.config.n_layer)
+                std = 0.0 if self.config.zero_init_residual else std / math.sqrt(2 * self.config.n_layer)
             init.normal_(module.weight, mean=0.0, std=std)
             if module.bias is not None:
                 init.zeros_(module.bias)

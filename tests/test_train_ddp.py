@@ -58,8 +58,14 @@ def root(tmp_path_factory):
     return root
 
 
-def test_two_processes_equal_one_process_with_accumulation(root):
-    args = [str(REPO / "train_accelerate.py"), "--config", str(root / "recipe.yaml"), "--data_dir", str(root / "data")]
+# the faster recipe: Muon orthogonalises the all-reduced gradient, the same matrix as the accumulated one
+MUON = ["--optimizer", "muon", "--muon_learning_rate", "0.05", "--lr_schedule", "wsd"]
+
+
+@pytest.mark.parametrize("recipe", [pytest.param([], id="adamw"), pytest.param(MUON, id="muon", marks=pytest.mark.slow)])
+def test_two_processes_equal_one_process_with_accumulation(root, recipe):
+    args = [str(REPO / "train_accelerate.py"), "--config", str(root / "recipe.yaml"), "--data_dir", str(root / "data"), *recipe]
+    root = root / (recipe[1] if recipe else "adamw")
     single = subprocess.run([sys.executable, *args, "--output_dir", str(root / "single")], cwd=REPO, capture_output=True, text=True)
     assert single.returncode == 0, single.stderr[-3000:]
     assert "1 process(es) x 2 micro-step(s)" in single.stdout
@@ -72,14 +78,19 @@ def test_two_processes_equal_one_process_with_accumulation(root):
 
     one, two = ([json.loads(line) for line in (root / name / "metrics.jsonl").read_text().splitlines()] for name in ("single", "ddp"))
     assert [r["step"] for r in two] == list(range(1, 7))  # one line per step, written by the main process only
+    # Muon runs Newton-Schulz in bfloat16 (torch's choice) and normalises each matrix's update: the ~1e-7 round-off
+    # between an all-reduced and an accumulated gradient flips bfloat16 roundings, and in the directions where a
+    # gradient is nearly zero (early attention) it becomes a unit-size update. Those directions barely move the
+    # loss, so Muon runs agree on the losses (to 1e-4), not element by element on the weights.
+    tol = dict(loss=1e-4, grad_norm=2e-3, val_loss=1e-4) if recipe else {}
     for key in ("loss", "grad_norm", "val_loss", "hellaswag_acc_norm"):  # evaluation is split over the ranks too
         torch.testing.assert_close(torch.tensor([r.get(key, 0.0) for r in two]), torch.tensor([r.get(key, 0.0) for r in one]),
-                                   rtol=1e-5, atol=1e-5, msg=key)
+                                   rtol=tol.get(key, 1e-5), atol=tol.get(key, 1e-5), msg=key)
     assert [r["lr"] for r in two] == [r["lr"] for r in one]
     assert "val_loss" in two[2] and 0 <= two[5]["hellaswag_acc_norm"] <= 1
     want, got = load_file(root / "single" / "final" / "model.safetensors"), load_file(root / "ddp" / "final" / "model.safetensors")
     assert want.keys() == got.keys()
-    for name in want:
+    for name in want if not recipe else ():
         # the key bias has an exactly-zero gradient (softmax ignores it); Adam scales its round-off noise up to ~1e-5
         torch.testing.assert_close(got[name], want[name], rtol=1e-4, atol=1e-4, msg=name)
     # and the runs did train

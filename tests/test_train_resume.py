@@ -63,13 +63,18 @@ def metrics(out):
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_killed_and_resumed_run_equals_uninterrupted_run(setup):
-    root = setup[0]
+# the faster recipe: Muon's momentum buffers and both optimizers' states must come back exactly too
+MUON = ["--optimizer", "muon", "--muon_learning_rate", "0.05", "--lr_schedule", "wsd", "--decay_ratio", "0.4"]
+
+
+@pytest.mark.parametrize("recipe", [pytest.param([], id="adamw"), pytest.param(MUON, id="muon", marks=pytest.mark.slow)])
+def test_killed_and_resumed_run_equals_uninterrupted_run(setup, recipe):
+    root = setup[0] / (recipe[1] if recipe else "adamw")
     full, killed = root / "full", root / "killed"
-    subprocess.run(command(setup, full), check=True, cwd=REPO, capture_output=True)
+    subprocess.run(command(setup, full, *recipe), check=True, cwd=REPO, capture_output=True)
 
     # kill -9 once the run is past its checkpoint at SAVE_AT, so metrics.jsonl holds steps that must be redone
-    proc = subprocess.Popen(command(setup, killed), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(command(setup, killed, *recipe), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 50
     while time.monotonic() < deadline and proc.poll() is None:
         log = killed / "metrics.jsonl"
@@ -81,7 +86,7 @@ def test_killed_and_resumed_run_equals_uninterrupted_run(setup):
     assert not (killed / "final").exists()
     assert [p.name for p in (killed / "checkpoints").iterdir() if p.name.startswith("step_")] == [f"step_{SAVE_AT:07d}"]
 
-    done = subprocess.run(command(setup, killed, "--resume_from_checkpoint", "latest"), cwd=REPO,
+    done = subprocess.run(command(setup, killed, *recipe, "--resume_from_checkpoint", "latest"), cwd=REPO,
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
     assert f"steps {SAVE_AT} -> {STEPS}" in done.stdout
@@ -96,6 +101,8 @@ def test_killed_and_resumed_run_equals_uninterrupted_run(setup):
     assert want.keys() == got.keys()
     for name in want:
         assert (want[name] == got[name]).all(), name
+    saved = sorted(p.name for p in (killed / "checkpoints" / f"step_{SAVE_AT:07d}").glob("optimizer*.bin"))
+    assert saved == (["optimizer.bin", "optimizer_1.bin"] if recipe else ["optimizer.bin"])
     for name in ("step_0000020", "step_0000040"):
         state = json.loads((killed / "checkpoints" / name / "trainer_state.json").read_text())
         assert state["step"] == int(name[5:]) and state["tokens"] == state["step"] * 512
