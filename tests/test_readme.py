@@ -38,6 +38,7 @@ RUN = {
 RULES = [
     ("set-up (CI runs it)", lambda c: c.startswith(("python -m venv", "python3 -m venv", "pip install", "bash .ci/run", "python -m pytest"))),
     ("illustration with placeholders", lambda c: "..." in c or "a.parquet" in c),
+    ("tens of minutes on a CPU: the time-to-quality benchmark", lambda c: "bench/time_to_quality.py" in c),
     ("needs a GPU", lambda c: "cuda" in c or "ddp_8gpu" in c or "multinode" in c or "fsdp" in c
      or (c.startswith("python bench/") and "--threads" not in c)),
     ("needs the network (README: Offline, and what needs the network)",
