@@ -28,6 +28,7 @@ import atomic_io
 from cli_guard import (RunError, check_pickles, check_safetensors, jsonl_lines, load_weights_only, missing_local_folder,
                        nonfinite_weights, run_cli)
 from modeling_gpt import GPTConfig, GPTForCausalLM
+from modeling_gpt.convert import native_class_name
 from modeling_gpt.network import require_hub
 from modeling_gpt.tokenizer import gpt2_tokenizer, publishable_tokenizer
 
@@ -331,7 +332,7 @@ def _num_parameters(model: GPTForCausalLM) -> int:
 def _architecture_rows(model: GPTForCausalLM, native: bool) -> list[tuple[str, str]]:
     c = model.config
     modern = c.norm == "rmsnorm"
-    code = ("transformers' own `LlamaForCausalLM`" if modern else "transformers' own `GPT2LMHeadModel`") if native else \
+    code = f"transformers' own `{native_class_name(c)}`" if native else \
         "custom code (`trust_remote_code=True`): `configuration_gpt.py`, `modeling_gpt.py`"
     return [
         ("Parameters", f"{_num_parameters(model):,}"),

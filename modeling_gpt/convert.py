@@ -30,6 +30,14 @@ def _variant(config: GPTConfig) -> str:
     )
 
 
+NATIVE_CLASSES = {"gpt2": "GPT2LMHeadModel", "llama": "LlamaForCausalLM", "qwen3": "Qwen3ForCausalLM"}
+
+
+def native_class_name(config: GPTConfig) -> str:
+    """The transformers class that `to_hf_native` gives for this config (ValueError if there is none)."""
+    return NATIVE_CLASSES[_variant(config)]
+
+
 def _common_fields(config: GPTConfig) -> dict:
     return dict(
         vocab_size=config.vocab_size, bos_token_id=config.bos_token_id, eos_token_id=config.eos_token_id,
