@@ -278,8 +278,16 @@ class ShardDataLoader:
                 "tokens_per_epoch": self.tokens_per_epoch}
 
     def load_state_dict(self, state: dict) -> None:
-        for key in ("split", "batch_size", "seq_len", "seed", "shuffle", "tokens_per_epoch"):
+        """Resume at `state`'s position, on the same data and seed; another batch_size or seq_len resumes at the same
+        token of the epoch's stream when that token starts a chunk of this loader's size."""
+        for key in ("split", "seed", "shuffle", "tokens_per_epoch"):
             if state.get(key) != getattr(self, key):
                 raise ValueError(f"loader state has {key}={state.get(key)!r} but this loader has {key}={getattr(self, key)!r}; "
-                                 "a state resumes only on the same data and batch shape")
-        self.position = int(state["position"])
+                                 "a state resumes only on the same data in the same order")
+        epoch, chunk = divmod(int(state["position"]), (self.tokens_per_epoch - 1) // (state["batch_size"] * state["seq_len"]))
+        offset = chunk * state["batch_size"] * state["seq_len"]  # tokens into the epoch's stream
+        if offset % self._chunk:
+            raise ValueError(f"loader state stopped {offset} tokens into epoch {epoch}, which is not a multiple of "
+                             f"batch_size * seq_len = {self.batch_size} * {self.seq_len}: resume with batch_size="
+                             f"{state['batch_size']} and seq_len={state['seq_len']}")
+        self.position = epoch * self.chunks_per_epoch + offset // self._chunk

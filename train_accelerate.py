@@ -11,6 +11,7 @@ optimizer groups, checkpoints, metrics, MFU) sit above `main()`, which is the lo
 """
 
 import argparse
+import hashlib
 import json
 import logging
 import math
@@ -180,6 +181,11 @@ class TrainArguments:
             "help": "'latest' (the newest checkpoint in output_dir/checkpoints, or a fresh start when there is none) "
             "or the path of a checkpoint folder."
         },
+    )
+    allow_config_change: bool = field(
+        default=False,
+        metadata={"help": "Resume although the schedule, optimizer, batch, model or data set differ from the checkpoint's "
+                          "(refused otherwise); the changes are recorded in metrics.jsonl."},
     )
     compile: bool = field(default=False, metadata={"help": "torch.compile the training forward (eval and sampling stay eager)."})
     mixed_precision: Optional[str] = field(
@@ -586,6 +592,7 @@ class Run:
     tracker: str
     accum: int  # micro-steps per optimizer step
     settings: dict  # every field of the three argument classes, as recorded in checkpoints
+    data: dict  # data_identity() of the shards, as recorded in checkpoints
     hardware: dict
     flops_per_token: float
     peak_tflops: Optional[float]  # dense peak of one device; None where unknown (CPU)
@@ -661,15 +668,59 @@ def resume_point(args: TrainArguments, checkpoints: CheckpointManager) -> Option
     return resume
 
 
-def load_checkpoint(accelerator: Accelerator, path: Path, args: TrainArguments, train_loader) -> dict:
-    """Restore weights, optimizer, RNG states and the data position; return the checkpoint's trainer state."""
-    state = json.loads((path / "trainer_state.json").read_text())
-    for key in ("total_batch_tokens", "seq_len"):
-        if state[key] != getattr(args, key):
-            raise ConfigError(f"{path} was trained with {key}={state[key]}; resuming with {getattr(args, key)} would change the data")
+# what a resumed run must share with its checkpoint (evaluation, logging, hardware and micro-batch size may change)
+RESUME_SETTINGS = ("max_steps", "warmup_steps", "learning_rate", "min_lr_ratio", "weight_decay", "adam_beta1", "adam_beta2",
+                   "adam_epsilon", "grad_clip", "total_batch_tokens", "seq_len")
+# model config entries that do not change the trained function
+MODEL_CONFIG_IGNORED = {"transformers_version", "architectures", "auto_map", "dtype", "torch_dtype", "use_cache",
+                        "_name_or_path", "_attn_implementation", "output_hidden_states", "output_attentions", "return_dict",
+                        "id2label", "label2id", "problem_type", "chunk_size_feed_forward", "is_encoder_decoder"}
+
+
+def data_identity(data_dir, manifest: dict) -> dict:
+    """The data set as the checkpoint records it: its folder and a hash of its tokenizer and every shard's sha256."""
+    shards = [[s["split"], s["file"], s["tokens"], s["sha256"]] for s in manifest["shards"]]
+    blob = json.dumps({"tokenizer": manifest["tokenizer"]["hash"], "shards": shards}, sort_keys=True)
+    return {"dir": str(Path(data_dir).resolve()), "sha256": hashlib.sha256(blob.encode()).hexdigest()}
+
+
+def config_changes(state: dict, settings: dict, model_config: dict, data: dict) -> dict[str, tuple]:
+    """{setting: (checkpoint's value, this run's)} for what decides the training and differs from the checkpoint."""
+    saved, changes = state.get("config", {}), {}
+    for key in RESUME_SETTINGS:
+        if key in saved and saved[key] != settings[key]:
+            changes[key] = (saved[key], settings[key])
+    saved_model = state.get("model_config", {})
+    for key in sorted(saved_model.keys() & model_config.keys() - MODEL_CONFIG_IGNORED):
+        if saved_model[key] != model_config[key]:
+            changes[f"model {key}"] = (saved_model[key], model_config[key])
+    saved_data = state.get("data")
+    if saved_data is not None and saved_data["sha256"] != data["sha256"]:
+        changes["data set"] = tuple(f"{d['dir']} (sha256 {d['sha256'][:12]})" for d in (saved_data, data))
+    return changes
+
+
+def check_resume(path: Path, state: dict, changes: dict, args: TrainArguments):
+    """Refuse a resume that has nothing to train, or that would silently change the run (unless allowed)."""
+    if args.max_steps < state["step"]:
+        raise ConfigError(f"max_steps={args.max_steps} is below step {state['step']} of the checkpoint {path}: "
+                          f"nothing to train; pass max_steps >= {state['step']}")
+    if changes and not args.allow_config_change:
+        listed = "; ".join(f"{key}: checkpoint {old!r}, now {new!r}" for key, (old, new) in changes.items())
+        raise ConfigError(f"resuming {path} would silently change {listed}. Resume with the checkpoint's values, "
+                          "or pass --allow_config_change to train on with the new ones (recorded in metrics.jsonl)")
+
+
+def load_checkpoint(accelerator: Accelerator, path: Path, state: dict, train_loader, changes: dict):
+    """Restore weights, optimizer, RNG states and the data position (a changed data set is read from its start)."""
     accelerator.load_state(str(path))
-    train_loader.load_state_dict(state["train_loader"])  # its position is global: any world size resumes it
-    return state
+    if "data set" in changes:
+        accelerator.print(f"the data set changed since {path}: reading the new one from its start")
+        return
+    try:
+        train_loader.load_state_dict(state["train_loader"])  # its position is global: any world size resumes it
+    except ValueError as err:
+        raise ConfigError(f"resume_from_checkpoint={str(path)!r}: {err}") from None
 
 
 def start_trackers(accelerator: Accelerator, tracker: str, args: TrainArguments, settings: dict):
@@ -708,12 +759,18 @@ def start_up(argv=None) -> Run:
     val_loader = token_shards.ShardDataLoader(data_args.data_dir, split="val", shuffle=False, **loader_kwargs)
 
     n_params, flops_token = model.num_parameters(), flops_per_token(model.config, args.seq_len)  # before FSDP shards it
+    model_config, data = model.config.to_dict(), data_identity(data_args.data_dir, manifest)
     model, *optimizers = accelerator.prepare(model, *build_optimizers(model, args, device))
 
     checkpoints = CheckpointManager(output_dir / "checkpoints", args.keep_last_k)
     metrics = MetricsLog(output_dir / "metrics.jsonl")
-    resume = resume_point(args, checkpoints)
-    state = load_checkpoint(accelerator, resume, args, train_loader) if resume is not None else {}
+    settings = {k: v for obj in (model_args, data_args, args) for k, v in asdict(obj).items()}
+    resume, state, changes = resume_point(args, checkpoints), {}, {}
+    if resume is not None:
+        state = json.loads((resume / "trainer_state.json").read_text())
+        changes = config_changes(state, settings, model_config, data)
+        check_resume(resume, state, changes, args)
+        load_checkpoint(accelerator, resume, state, train_loader, changes)
     start_step = state.get("step", 0)
     if resume is not None:
         accelerator.print(f"resumed from {resume} (step {start_step}, {state.get('tokens', 0):,} tokens)")
@@ -721,9 +778,10 @@ def start_up(argv=None) -> Run:
         checkpoints.remove_partial()
         output_dir.mkdir(parents=True, exist_ok=True)
         metrics.truncate(start_step)  # a resumed run redoes the steps after its checkpoint
+        if changes:
+            metrics.append([{"step": start_step, "config_change": {k: list(v) for k, v in changes.items()}}])
     accelerator.wait_for_everyone()
 
-    settings = {k: v for obj in (model_args, data_args, args) for k, v in asdict(obj).items()}
     start_trackers(accelerator, tracker, args, settings)
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or device.type
     compute_dtype = accelerator.mixed_precision if accelerator.mixed_precision in ("bf16", "fp16") else "fp32"
@@ -737,7 +795,7 @@ def start_up(argv=None) -> Run:
         # compile the training forward only: evaluation and generation use the eager module
         train_forward=torch.compile(model) if args.compile else model, eval_model=accelerator.unwrap_model(model),
         optimizers=optimizers, tokenizer=tokenizer, train_loader=train_loader, val_loader=val_loader,
-        checkpoints=checkpoints, metrics=metrics, tracker=tracker, accum=accum, settings=settings,
+        checkpoints=checkpoints, metrics=metrics, tracker=tracker, accum=accum, settings=settings, data=data,
         hardware=dict(device=device_name, processes=world, distributed=str(accelerator.distributed_type)),
         flops_per_token=flops_token,
         peak_tflops=peak_tflops(device_name, compute_dtype) if device.type == "cuda" else None,
@@ -857,7 +915,7 @@ def maybe_save(run: Run, step: int):
             total_batch_tokens=args.total_batch_tokens, seq_len=args.seq_len,
             elapsed_seconds=run.elapsed_before + time.perf_counter() - run.clock_start, hardware=run.hardware,
             tokenizer_hash=token_shards.tokenizer_hash(run.tokenizer), train_loader=run.train_loader.state_dict(),
-            model_config=run.eval_model.config.to_dict(), config=run.settings,
+            model_config=run.eval_model.config.to_dict(), config=run.settings, data=run.data,
         )
         # written last: a folder without it is never picked by a resume
         (tmp / "trainer_state.json").write_text(json.dumps(state, indent=2))

@@ -175,8 +175,15 @@ def test_resume_gives_identical_batches_on_any_world_size(tmp_path):
     resumed.reset()
     assert torch.equal(resumed.next_batch()[0], expected[0][0])
 
-    with pytest.raises(ValueError, match="batch_size=2 but this loader has batch_size=4"):
-        ShardDataLoader(tmp_path, batch_size=4, seq_len=16, seed=3).load_state_dict(state)
+    # another micro-batch size reads on from the same token: 14 chunks of 2x16 are 7 of 4x16
+    wider = ShardDataLoader(tmp_path, batch_size=4, seq_len=16, seed=3)
+    wider.load_state_dict(state)
+    assert torch.equal(wider.next_batch()[0].flatten(), torch.cat([expected[14][0], expected[15][0]]).flatten())
+    state["position"] = 13
+    with pytest.raises(ValueError, match="416 tokens into epoch 0, which is not a multiple of batch_size \\* seq_len = 4 \\* 16"):
+        wider.load_state_dict(state)
+    with pytest.raises(ValueError, match="seed=3 but this loader has seed=4"):
+        ShardDataLoader(tmp_path, batch_size=2, seq_len=16, seed=4).load_state_dict(state)
 
 
 @pytest.mark.parametrize("key, value", [("vocab_size", 50257), ("eot_id", 50256), ("tokenizer_hash", "0" * 64)])
