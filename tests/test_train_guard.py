@@ -62,7 +62,7 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(trained):
     before = digest(step4)
     # an absurd learning rate from step 5 on: the weights blow up and the loss of step 6 is not finite
     result = run(trained, out, "--resume_from_checkpoint", "latest", "--max_steps", "8", "--learning_rate", "1e30",
-                 "--warmup_steps", "0")
+                 "--warmup_steps", "0", "--allow_config_change")
     assert result.returncode == 1
     message = result.stderr.strip().splitlines()[-1]
     assert message.startswith("gpt-train: error: training loss is nan at step 6; stopping")
@@ -70,8 +70,9 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(trained):
     # nothing was saved from the poisoned weights; the checkpoint resumes would pick is untouched
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_0000002", "step_0000004"]
     assert digest(step4) == before
-    steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert steps == [1, 2, 3, 4, 5]  # step 5 (the blow-up step) still had a finite loss
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "loss" in r] == [1, 2, 3, 4, 5]  # step 5 (the blow-up step) still had a finite loss
+    assert records[4]["config_change"]["learning_rate"] == [1e-3, 1e30]
 
 
 def test_fresh_start_refuses_a_folder_with_checkpoints(trained):
