@@ -27,6 +27,8 @@ from typing import Any, Callable, Optional, Union, get_args, get_origin, get_typ
 
 import torch
 import yaml
+from torch.distributed.fsdp import FSDPModule
+from torch.distributed.tensor import DTensor
 from accelerate import Accelerator, DistributedType
 from accelerate.utils import ProjectConfiguration, set_seed
 from tqdm.auto import tqdm
@@ -557,8 +559,14 @@ def export_final(accelerator: Accelerator, model, tokenizer, output_dir: Path):
     state_dict = accelerator.get_state_dict(model)  # gathers FSDP shards on the main process
     final = output_dir / "final"
     if accelerator.is_main_process:
+        unwrapped = accelerator.unwrap_model(model)
+        if accelerator.distributed_type == DistributedType.FSDP:
+            # FSDP2 swaps the model's class for one of its own, which save_pretrained would ship as the remote code
+            model_class = next(c for c in type(unwrapped).__mro__ if not issubclass(c, FSDPModule))
+            unwrapped = model_class(unwrapped.config)
+            unwrapped.load_state_dict(state_dict)
+            state_dict = unwrapped.state_dict()  # tied weights share one tensor again: saved once
         with atomic_io.atomic_path(final) as tmp:
-            unwrapped = accelerator.unwrap_model(model)
             unwrapped.save_pretrained(tmp, state_dict=state_dict, save_function=accelerator.save)
             publishable_tokenizer(tokenizer, unwrapped.config.n_positions).save_pretrained(tmp)
             eot = tokenizer.eos_token_id
@@ -647,7 +655,26 @@ def make_accelerator(args: TrainArguments) -> tuple[Accelerator, str]:
         log_with=None if tracker == "none" else tracker,
         project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "runs")),
     )
+    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true" and accelerator.distributed_type == DistributedType.MULTI_CPU:
+        enable_fsdp_on_cpu(accelerator)
     return accelerator, tracker
+
+
+def enable_fsdp_on_cpu(accelerator: Accelerator):
+    """Run an FSDP config on CPU processes as FSDP, not silently as DDP.
+
+    accelerate (1.15, AcceleratorState.__init__) switches to FSDP only from GPU-like multi-device types; processes
+    without a GPU stay MULTI_CPU and train as DDP. FSDP2 (`fully_shard`) itself works over gloo, so set the state as
+    accelerate would have: the plugin from the FSDP_* variables `accelerate launch` exported, and the FSDP type."""
+    from accelerate.state import PartialState
+    from accelerate.utils import FullyShardedDataParallelPlugin
+
+    plugin = FullyShardedDataParallelPlugin()
+    if accelerator.mixed_precision != "no":
+        plugin.set_mixed_precision(accelerator.mixed_precision)
+    accelerator.state.fsdp_plugin = plugin
+    # AcceleratorState() re-reads the type from PartialState's shared state: set both, as accelerate does
+    accelerator.state.distributed_type = PartialState._shared_state["distributed_type"] = DistributedType.FSDP
 
 
 def resume_point(args: TrainArguments, checkpoints: CheckpointManager) -> Optional[Path]:
@@ -821,6 +848,8 @@ def train_step(run: Run) -> tuple[torch.Tensor, torch.Tensor]:
             accelerator.backward(loss)
         loss_sum += loss.detach()
     grad_norm = accelerator.clip_grad_norm_(model.parameters(), run.args.grad_clip or float("inf"))
+    if isinstance(grad_norm, DTensor):  # FSDP2's norm: already reduced over the shards
+        grad_norm = grad_norm.full_tensor()
     for optimizer in run.optimizers:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
