@@ -62,6 +62,8 @@ class GPTConfig(PretrainedConfig):
 
     model_type = "gpt"
     keys_to_ignore_at_inference = ["cache", "past_key_values"]  # the KV cache under both its names
+    # FSDP2 units of transformers' distributed loading, under GPTModel's own module names (the default names Llama's)
+    base_model_fsdp_plan = {"wte": "free_full_weight", "h.*": "free_full_weight", "ln_f": "keep_full_weight"}
     attribute_map = {
         "hidden_size": "n_embd",
         "num_hidden_layers": "n_layer",

@@ -310,6 +310,7 @@ class GPTModel(GPTPreTrainedModel):
 
 class GPTForCausalLM(GPTPreTrainedModel, GenerationMixin):
     _tied_weights_keys = {"lm_head.weight": "transformer.wte.weight"}
+    _fsdp_plan = {"lm_head": "keep_full_weight"}  # with ln_f: the tail, whose weights backward needs first
 
     def __init__(self, config: GPTConfig):
         super().__init__(config)

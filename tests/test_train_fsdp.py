@@ -2,6 +2,7 @@
 sharded checkpoint that resumes exactly after SIGKILL, and a final export that is one ordinary Hugging Face folder."""
 
 import json
+import re
 import shutil
 import signal
 import socket
@@ -99,6 +100,17 @@ def root(tmp_path_factory):
     resumed = run(fsdp(root, "killed", "--resume_from_checkpoint", "latest"))
     assert f"steps {SAVE_AT} -> {STEPS}" in resumed.stdout or f"steps {2 * SAVE_AT} -> {STEPS}" in resumed.stdout
     return root
+
+
+@pytest.mark.parametrize("preset", ["tiny", "gpt2.5"])
+def test_fsdp_plan_names_the_models_own_modules(preset):
+    from modeling_gpt import GPTConfig, GPTForCausalLM
+
+    model = GPTForCausalLM(GPTConfig.from_preset(preset, n_layer=2, n_embd=64, n_head=4, n_inner=128))
+    assert model.fsdp_plan == {"transformer.wte": "free_full_weight", "transformer.h.*": "free_full_weight",
+                               "transformer.ln_f": "keep_full_weight", "lm_head": "keep_full_weight"}
+    names = {re.sub(r"\.\d+(?=\.|$)", ".*", name) for name, _ in model.named_modules()}
+    assert set(model.fsdp_plan) <= names
 
 
 @pytest.mark.slow
