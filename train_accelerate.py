@@ -32,6 +32,7 @@ from torch.distributed.tensor import DTensor
 from accelerate import Accelerator, DistributedType
 from accelerate.utils import ProjectConfiguration, set_seed
 from tqdm.auto import tqdm
+from safetensors.torch import load_file
 from transformers import AutoConfig, GenerationConfig, HfArgumentParser
 
 import atomic_io
@@ -62,8 +63,9 @@ class ModelArguments:
     init_from: Optional[str] = field(
         default=None,
         metadata={
-            "help": "Start from these weights instead of from scratch: a Hugging Face folder or Hub id of our GPT, "
-            "or of transformers' GPT-2 (e.g. openai-community/gpt2), converted on the fly."
+            "help": "Fine-tune these weights instead of training from scratch: a Hugging Face folder or Hub id of our "
+            "GPT or of transformers' GPT-2 (e.g. openai-community/gpt2, converted on the fly), or one of our "
+            "checkpoints (output_dir/checkpoints/step_N). Only dropout can be overridden."
         },
     )
     n_layer: Optional[int] = field(default=None, metadata={"help": "Override the preset's number of blocks."})
@@ -71,7 +73,7 @@ class ModelArguments:
     n_embd: Optional[int] = field(default=None, metadata={"help": "Override the preset's width."})
     n_inner: Optional[int] = field(default=None, metadata={"help": "Override the preset's MLP hidden size (d_ff)."})
     n_positions: Optional[int] = field(default=None, metadata={"help": "Override the preset's context length."})
-    dropout: Optional[float] = field(default=None, metadata={"help": "Override the preset's dropout (0 for pretraining)."})
+    dropout: Optional[float] = field(default=None, metadata={"help": "Override the preset's (or init_from's) dropout: 0 for pretraining."})
     rope_theta: Optional[float] = field(default=None, metadata={"help": "Override the RoPE base (modern variant only)."})
     qk_norm: Optional[bool] = field(
         default=None, metadata={"help": "RMSNorm on queries and keys per head (the modern variant then exports as Qwen3)."}
@@ -258,9 +260,10 @@ def validate_args(model_args: ModelArguments, data_args: DataArguments, args: Tr
     """Raise ValueError naming the bad value and what is accepted."""
     if model_args.init_from is None and model_args.model_preset not in PRESETS:
         raise ConfigError(f"model_preset={model_args.model_preset!r} is unknown; choose one of {sorted(PRESETS)}")
-    overrides = {k: getattr(model_args, k) for k in MODEL_OVERRIDES if getattr(model_args, k) is not None}
-    if model_args.init_from is not None and overrides:
-        raise ConfigError(f"model overrides {overrides} apply to a model trained from scratch, not with init_from")
+    shape = {k: getattr(model_args, k) for k in MODEL_OVERRIDES if k != "dropout" and getattr(model_args, k) is not None}
+    if model_args.init_from is not None and shape:
+        raise ConfigError(f"model overrides {shape} change the shape of a model trained from scratch; with init_from only "
+                          "dropout can be overridden")
     if data_args.data_dir is None:
         raise ConfigError("data_dir is not set: give the token shard folder in the recipe or with --data_dir")
     for name in ("max_steps", "micro_batch_size", "seq_len", "total_batch_tokens", "log_interval", "sample_max_new_tokens"):
@@ -509,16 +512,35 @@ def ensure_tokenized(data_args: DataArguments, accelerator: Accelerator):
         tokenize_fineweb.main(argv)
 
 
+def load_pretrained(init_from: str, dropout: Optional[float]) -> GPTForCausalLM:
+    """The weights to fine-tune: one of our checkpoints (output_dir/checkpoints/step_N), or a folder or Hub id of our
+    GPT or of transformers' GPT2LMHeadModel (converted); `dropout` replaces the saved model's."""
+    path = Path(init_from)
+    if (path / "trainer_state.json").is_file():
+        if not (path / "model.safetensors").is_file():
+            raise ConfigError(f"init_from={init_from!r} is a sharded FSDP checkpoint; merge it into one file first: "
+                              f"accelerate merge-weights {path / 'pytorch_model_fsdp_0'} <folder>, or use the run's final/")
+        config = json.loads((path / "trainer_state.json").read_text())["model_config"]
+        model = GPTForCausalLM(GPTConfig.from_dict({**config, **({} if dropout is None else {"dropout": dropout})}))
+        missing, unexpected = model.load_state_dict(load_file(path / "model.safetensors"), strict=False)
+        if unexpected or set(missing) - set(model._tied_weights_keys):
+            raise ConfigError(f"init_from={init_from!r}: weights do not match its model_config "
+                              f"(missing {sorted(missing)}, unexpected {sorted(unexpected)})")
+        return model
+    config = load_local_or_hub(AutoConfig.from_pretrained, init_from, "init_from",
+                               "give the folder of a saved model instead of a Hub id")
+    if config.model_type == "gpt2":
+        kwargs = {} if dropout is None else dict(resid_pdrop=dropout, embd_pdrop=dropout, attn_pdrop=dropout)
+        return GPTForCausalLM.from_gpt2(init_from, **kwargs)
+    if config.model_type == GPTConfig.model_type:
+        return GPTForCausalLM.from_pretrained(init_from, **({} if dropout is None else {"dropout": dropout}))
+    raise ConfigError(f"init_from={init_from!r} is a {config.model_type!r} model; use our GPT or GPT-2")
+
+
 def build_model(model_args: ModelArguments, vocab_size: int, eot_id: int) -> GPTForCausalLM:
     if model_args.init_from is not None:
-        config = load_local_or_hub(AutoConfig.from_pretrained, model_args.init_from, "init_from",
-                                   "give the folder of a saved model instead of a Hub id")
-        if config.model_type == "gpt2":
-            model = GPTForCausalLM.from_gpt2(model_args.init_from)
-        elif config.model_type == GPTConfig.model_type:
-            model = GPTForCausalLM.from_pretrained(model_args.init_from, attn_implementation=model_args.attn_implementation)
-        else:
-            raise ConfigError(f"init_from={model_args.init_from!r} is a {config.model_type!r} model; use our GPT or GPT-2")
+        model = load_pretrained(model_args.init_from, model_args.dropout).to(torch.float32)  # fp32 master weights
+        model.set_attn_implementation(model_args.attn_implementation)
     else:
         overrides = {k: getattr(model_args, k) for k in MODEL_OVERRIDES if getattr(model_args, k) is not None}
         config = GPTConfig.from_preset(
@@ -527,7 +549,8 @@ def build_model(model_args: ModelArguments, vocab_size: int, eot_id: int) -> GPT
         config._attn_implementation = model_args.attn_implementation
         model = GPTForCausalLM(config)
     if model_args.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
+        # transformers >= 5.23 names it activation checkpointing; gradient_checkpointing_enable is its deprecated alias
+        (getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable)()
     return model
 
 
