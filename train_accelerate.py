@@ -18,6 +18,7 @@ import math
 import os
 import platform
 import shutil
+import socket
 import sys
 import time
 from contextlib import nullcontext
@@ -488,28 +489,29 @@ def check_finite(records: list[dict], last_good: Optional[Path]):
 
 
 def ensure_tokenized(data_args: DataArguments, accelerator: Accelerator):
-    """Tokenize tokenize_dataset into data_dir unless a complete manifest is there (main process; the
-    others wait). A run that was killed while tokenizing left an incomplete one: the tokenizer resumes it."""
+    """Tokenize tokenize_dataset into data_dir unless a complete manifest is there (a run killed while tokenizing left
+    an incomplete one: the tokenizer resumes it). One process only: the others would wait on it in a collective that
+    times out long before a large data set is tokenized."""
     manifest = Path(data_args.data_dir) / "manifest.json"
-    with accelerator.main_process_first():
-        if manifest.is_file() and token_shards.read_manifest(data_args.data_dir)["stream"]["complete"]:
-            return
-        if data_args.tokenize_dataset is None:
-            raise ConfigError(
-                f"{manifest} not found: tokenize first (gpt-tokenize ... {data_args.data_dir}) or set tokenize_dataset"
-            )
-        if not accelerator.is_main_process:
-            raise ConfigError(f"{manifest} is still missing or incomplete after the main process tokenized into it")
-        import tokenize_fineweb
+    if manifest.is_file() and token_shards.read_manifest(data_args.data_dir)["stream"]["complete"]:
+        return
+    if data_args.tokenize_dataset is None:
+        raise ConfigError(
+            f"{manifest} not found: tokenize first (gpt-tokenize ... {data_args.data_dir}) or set tokenize_dataset"
+        )
+    argv = ["--dataset", data_args.tokenize_dataset, "--output", data_args.data_dir]
+    options = {"--name": data_args.tokenize_name, "--tokenizer": data_args.tokenize_tokenizer,
+               "--shard-size": data_args.tokenize_shard_size, "--val-tokens": data_args.tokenize_val_tokens}
+    for flag, value in options.items():
+        if value is not None:
+            argv += [flag, str(value)]
+    if accelerator.num_processes > 1:
+        raise ConfigError(f"{manifest} is missing or incomplete: with {accelerator.num_processes} processes, tokenize "
+                          f"first in one process: gpt-tokenize {' '.join(argv)}")
+    import tokenize_fineweb
 
-        argv = ["--dataset", data_args.tokenize_dataset, "--output", data_args.data_dir]
-        options = {"--name": data_args.tokenize_name, "--tokenizer": data_args.tokenize_tokenizer,
-                   "--shard-size": data_args.tokenize_shard_size, "--val-tokens": data_args.tokenize_val_tokens}
-        for flag, value in options.items():
-            if value is not None:
-                argv += [flag, str(value)]
-        print(f"tokenizing {data_args.tokenize_dataset} into {data_args.data_dir}", flush=True)
-        tokenize_fineweb.main(argv)
+    print(f"tokenizing {data_args.tokenize_dataset} into {data_args.data_dir}", flush=True)
+    tokenize_fineweb.main(argv)
 
 
 def load_pretrained(init_from: str, dropout: Optional[float]) -> GPTForCausalLM:
@@ -795,15 +797,23 @@ def start_up(argv=None) -> Run:
     ensure_tokenized(data_args, accelerator)
     manifest = token_shards.read_manifest(data_args.data_dir)
     tokenizer = token_shards.load_tokenizer(data_args.data_dir)
+    if accelerator.is_local_main_process:  # one reader per node, and once while the shards stay unchanged
+        record = output_dir / "data-verified" / f"{socket.gethostname()}.json"
+        if token_shards.verify_shards(data_args.data_dir, record=record):
+            print(f"verified the sha256 of every shard in {data_args.data_dir} (recorded in {record})", flush=True)
 
     set_seed(args.seed)  # the same initial weights on every process
     model = build_model(model_args, manifest["vocab_size"], manifest["eot_id"])
     if args.seq_len > model.config.n_positions:
         raise ConfigError(f"seq_len={args.seq_len} is longer than the model's n_positions={model.config.n_positions}")
+    if model.config.vocab_size != len(tokenizer):
+        raise ConfigError(f"the model has vocab_size={model.config.vocab_size}, the tokenizer of {data_args.data_dir} "
+                          f"{len(tokenizer)} tokens: tokenize the data with the model's tokenizer")
+    # the manifest is checked against the tokenizer folder beside it, not against itself
     loader_kwargs = dict(
         batch_size=args.micro_batch_size, seq_len=args.seq_len, rank=accelerator.process_index, world_size=world,
-        seed=args.seed, vocab_size=model.config.vocab_size, eot_id=manifest["eot_id"],
-        tokenizer_hash=token_shards.tokenizer_hash(tokenizer),
+        seed=args.seed, vocab_size=len(tokenizer), eot_id=token_shards.eot_id(tokenizer),
+        tokenizer_hash=token_shards.tokenizer_hash(tokenizer), verify_checksums=False,
     )
     train_loader = token_shards.ShardDataLoader(data_args.data_dir, split="train", **loader_kwargs)
     val_loader = token_shards.ShardDataLoader(data_args.data_dir, split="val", shuffle=False, **loader_kwargs)

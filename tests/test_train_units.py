@@ -2,6 +2,7 @@
 
 import json
 import math
+import types
 
 import pytest
 import torch
@@ -63,7 +64,7 @@ def test_shipped_recipes_parse(recipes):
         (["--hellaswag_scoring", "lm-eval"], "hellaswag_scoring='lm-eval' is not supported; use 'nanogpt' or 'harness'"),
         (["--adam_beta2", "1.0"], "adam_beta2=1.0 must be in [0, 1)"),
         (["--save_interval", "-1"], "save_interval=-1 must be >= 0"),
-        (["--init_from", "some/model", "--n_layer", "4"], "apply to a model trained from scratch"),
+        (["--init_from", "some/model", "--n_layer", "4"], "change the shape of a model trained from scratch; with init_from only dropout"),
     ],
 )
 def test_bad_values_are_named(argv, message):
@@ -183,3 +184,10 @@ def test_tokenizes_unless_a_complete_manifest_is_there(tmp_path, monkeypatch, co
     assert bool(calls) == tokenizes  # a killed tokenization left complete=False: it must be resumed
     if tokenizes:
         assert calls[0][:4] == ["--dataset", "some/dataset", "--output", str(tmp_path)]
+
+
+def test_several_processes_never_wait_on_a_tokenization(tmp_path):
+    data_args = ta.DataArguments(data_dir=str(tmp_path / "data"), tokenize_dataset="some/dataset", tokenize_name="cfg")
+    with pytest.raises(ta.ConfigError, match=r"manifest.json is missing or incomplete: with 2 processes, tokenize first "
+                                             r"in one process: gpt-tokenize --dataset some/dataset --output .*data --name cfg$"):
+        ta.ensure_tokenized(data_args, types.SimpleNamespace(num_processes=2))
