@@ -31,19 +31,20 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
 
 
-def make_shards(folder: Path, n_shards: int, tokens_per_shard: int):
-    """n_shards train shards and one val shard of random GPT-2 ids (a document every 1,000 tokens), with a manifest."""
-    tokenizer = gpt2_tokenizer(SHARED / "gpt2-tokenizer")
+def make_shards(folder: Path, n_shards: int, tokens_per_shard: int, tokenizer):
+    """n_shards train shards and one val shard of random ids (a document every 1,000 tokens), with a manifest and
+    the tokenizer: a data folder as gpt-tokenize writes one."""
     tokenizer.save_pretrained(folder / token_shards.TOKENIZER_DIR)
-    rng, eot, shards = np.random.default_rng(0), tokenizer.eos_token_id, []
+    rng, eot, shards = np.random.default_rng(0), token_shards.eot_id(tokenizer), []
     for i in range(n_shards + 1):
         split, name = ("val", "val_000000.bin") if i == n_shards else ("train", f"train_{i:06d}.bin")
-        tokens = rng.integers(0, eot, tokens_per_shard, dtype=np.uint16)
+        tokens = rng.integers(0, len(tokenizer), tokens_per_shard, dtype=token_shards.token_dtype(len(tokenizer)))
         tokens[::1000] = eot
         sha = token_shards.write_shard(folder / name, tokens)
         shards.append({"file": name, "split": split, "tokens": tokens_per_shard, "docs": int((tokens == eot).sum()), "sha256": sha})
-    manifest = {"format": "gpt-token-shards", "version": 1, "vocab_size": len(tokenizer), "eot_id": eot, "dtype": "uint16",
-                "tokenizer": {"name": "gpt2", "hash": token_shards.tokenizer_hash(tokenizer)}, "shards": shards,
+    manifest = {"format": "gpt-token-shards", "version": 1, "vocab_size": len(tokenizer), "eot_id": eot,
+                "dtype": token_shards.token_dtype(len(tokenizer)).name,
+                "tokenizer": {"name": tokenizer.name_or_path, "hash": token_shards.tokenizer_hash(tokenizer)}, "shards": shards,
                 "stream": {"complete": True}}
     token_shards.write_json_atomic(folder / token_shards.MANIFEST, manifest)
 
@@ -76,7 +77,7 @@ def main(argv=None):
 
     with tempfile.TemporaryDirectory() as tmp:
         data, out = Path(tmp) / "data", Path(tmp) / "out"
-        make_shards(data, args.shards, args.tokens_per_shard)
+        make_shards(data, args.shards, args.tokens_per_shard, gpt2_tokenizer(SHARED / "gpt2-tokenizer"))
         train = ["--model_preset", "tiny", "--data_dir", str(data), "--output_dir", str(out), "--micro_batch_size", "4",
                  "--seq_len", "64", "--total_batch_tokens", "256", "--max_steps", "1", "--tracker", "none",
                  "--mixed_precision", "no"]
