@@ -191,3 +191,18 @@ def test_several_processes_never_wait_on_a_tokenization(tmp_path):
     with pytest.raises(ta.ConfigError, match=r"manifest.json is missing or incomplete: with 2 processes, tokenize first "
                                              r"in one process: gpt-tokenize --dataset some/dataset --output .*data --name cfg$"):
         ta.ensure_tokenized(data_args, types.SimpleNamespace(num_processes=2))
+
+
+def test_gradient_checkpointing_gives_the_same_loss_and_gradients():
+    args = dict(model_preset="tiny", n_layer=2, n_embd=64, n_head=4)
+    torch.manual_seed(0)
+    plain = ta.build_model(ta.ModelArguments(**args), 512, 0)
+    torch.manual_seed(0)
+    checkpointed = ta.build_model(ta.ModelArguments(**args, gradient_checkpointing=True), 512, 0)
+    assert checkpointed.transformer.gradient_checkpointing and not plain.transformer.gradient_checkpointing
+    x = torch.randint(0, 512, (2, 32))
+    for model in (plain, checkpointed):
+        model.train()
+        model(input_ids=x, labels=x).loss.backward()
+    for (name, a), b in zip(plain.named_parameters(), checkpointed.parameters()):
+        torch.testing.assert_close(b.grad, a.grad, msg=name)
