@@ -782,6 +782,29 @@ def start_trackers(accelerator: Accelerator, tracker: str, args: TrainArguments,
         accelerator.init_trackers(args.run_name or Path(args.output_dir).resolve().name, config=flat)
 
 
+def open_data(data_args: DataArguments, accelerator: Accelerator, output_dir: Path) -> tuple[dict, Any]:
+    """The data folder's manifest and tokenizer, its shards verified (tokenized first by a single process)."""
+    ensure_tokenized(data_args, accelerator)
+    manifest = token_shards.read_manifest(data_args.data_dir)
+    tokenizer = token_shards.load_tokenizer(data_args.data_dir)
+    if accelerator.is_local_main_process:  # one reader per node, and once while the shards stay unchanged
+        record = output_dir / "data-verified" / f"{socket.gethostname()}.json"
+        if token_shards.verify_shards(data_args.data_dir, record=record):
+            print(f"verified the sha256 of every shard in {data_args.data_dir} (recorded in {record})", flush=True)
+    return manifest, tokenizer
+
+
+def make_loaders(args: TrainArguments, data_dir: str, tokenizer, accelerator: Accelerator):
+    """This process's train and val loaders; the manifest is checked against the tokenizer folder beside it."""
+    kwargs = dict(
+        batch_size=args.micro_batch_size, seq_len=args.seq_len, rank=accelerator.process_index,
+        world_size=accelerator.num_processes, seed=args.seed, vocab_size=len(tokenizer),
+        eot_id=token_shards.eot_id(tokenizer), tokenizer_hash=token_shards.tokenizer_hash(tokenizer), verify_checksums=False,
+    )
+    return (token_shards.ShardDataLoader(data_dir, split="train", **kwargs),
+            token_shards.ShardDataLoader(data_dir, split="val", shuffle=False, **kwargs))
+
+
 def start_up(argv=None) -> Run:
     """Settings, accelerator, data, model, optimizer and, when resuming, the checkpoint."""
     model_args, data_args, args = parse_args(argv)
@@ -794,14 +817,7 @@ def start_up(argv=None) -> Run:
     torch.backends.cudnn.allow_tf32 = True
 
     # data first: the tokenizer and vocabulary come with the shards
-    ensure_tokenized(data_args, accelerator)
-    manifest = token_shards.read_manifest(data_args.data_dir)
-    tokenizer = token_shards.load_tokenizer(data_args.data_dir)
-    if accelerator.is_local_main_process:  # one reader per node, and once while the shards stay unchanged
-        record = output_dir / "data-verified" / f"{socket.gethostname()}.json"
-        if token_shards.verify_shards(data_args.data_dir, record=record):
-            print(f"verified the sha256 of every shard in {data_args.data_dir} (recorded in {record})", flush=True)
-
+    manifest, tokenizer = open_data(data_args, accelerator, output_dir)
     set_seed(args.seed)  # the same initial weights on every process
     model = build_model(model_args, manifest["vocab_size"], manifest["eot_id"])
     if args.seq_len > model.config.n_positions:
@@ -809,14 +825,7 @@ def start_up(argv=None) -> Run:
     if model.config.vocab_size != len(tokenizer):
         raise ConfigError(f"the model has vocab_size={model.config.vocab_size}, the tokenizer of {data_args.data_dir} "
                           f"{len(tokenizer)} tokens: tokenize the data with the model's tokenizer")
-    # the manifest is checked against the tokenizer folder beside it, not against itself
-    loader_kwargs = dict(
-        batch_size=args.micro_batch_size, seq_len=args.seq_len, rank=accelerator.process_index, world_size=world,
-        seed=args.seed, vocab_size=len(tokenizer), eot_id=token_shards.eot_id(tokenizer),
-        tokenizer_hash=token_shards.tokenizer_hash(tokenizer), verify_checksums=False,
-    )
-    train_loader = token_shards.ShardDataLoader(data_args.data_dir, split="train", **loader_kwargs)
-    val_loader = token_shards.ShardDataLoader(data_args.data_dir, split="val", shuffle=False, **loader_kwargs)
+    train_loader, val_loader = make_loaders(args, data_args.data_dir, tokenizer, accelerator)
 
     n_params, flops_token = model.num_parameters(), flops_per_token(model.config, args.seq_len)  # before FSDP shards it
     model_config, data = model.config.to_dict(), data_identity(data_args.data_dir, manifest)

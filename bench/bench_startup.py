@@ -16,6 +16,7 @@ import argparse
 import os
 import platform
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -98,7 +99,7 @@ def main(argv=None):
     atomic_io.write_json(args.output, {
         "device": platform.processor() or platform.machine(), "cores": len(os.sched_getaffinity(0)),
         "shards": args.shards, "tokens_per_shard": args.tokens_per_shard, "megabytes": round(megabytes, 1),
-        "command": "python bench/bench_startup.py " + " ".join(argv if argv is not None else []), "rows": table,
+        "command": "python bench/bench_startup.py " + " ".join(sys.argv[1:] if argv is None else argv), "rows": table,
     }, indent=2)
     print(f"wrote {args.output}")
 
