@@ -60,3 +60,19 @@ def run_without_project(tmp_path):
                               stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout)
 
     return run
+
+
+@pytest.fixture(scope="session")
+def mini_data(tmp_path_factory):
+    """Token shards of the offline FineWeb-Edu stand-in's first 20 documents, under a 512-token BPE trained on them:
+    the data of a tiny model that trains in milliseconds per step."""
+    mini = SHARED / "fineweb-edu-mini"
+    if not mini.is_dir():
+        pytest.skip(f"the offline FineWeb-Edu stand-in is missing: {mini}")
+    import tokenize_fineweb
+
+    folder = tmp_path_factory.mktemp("mini-data")
+    tokenize_fineweb.main(["--dataset", str(mini), "--name", "sample-10BT", "--output", str(folder), "--train-tokenizer",
+                           "--vocab-size", "512", "--tokenizer-train-docs", "20", "--max-docs", "20",
+                           "--shard-size", "40000", "--val-tokens", "4096"])
+    return folder

@@ -17,8 +17,6 @@ import torch
 from safetensors.torch import load_file
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
-MINI = SHARED / "fineweb-edu-mini"
 ACCELERATE = shutil.which("accelerate", path=str(Path(sys.executable).parent)) or shutil.which("accelerate")
 STEPS, SAVE_AT = 30, 10
 
@@ -69,17 +67,11 @@ def metrics(folder):
 
 
 @pytest.fixture(scope="module")
-def root(tmp_path_factory):
-    if not MINI.is_dir():
-        pytest.skip(f"the offline FineWeb-Edu stand-in is missing: {MINI}")
+def root(tmp_path_factory, mini_data):
     if ACCELERATE is None:
         pytest.skip("the accelerate command is not installed")
-    import tokenize_fineweb
-
     root = tmp_path_factory.mktemp("fsdp")
-    tokenize_fineweb.main(["--dataset", str(MINI), "--name", "sample-10BT", "--output", str(root / "data"), "--train-tokenizer",
-                           "--vocab-size", "512", "--tokenizer-train-docs", "20", "--max-docs", "20",
-                           "--shard-size", "40000", "--val-tokens", "4096"])
+    (root / "data").symlink_to(mini_data)
     (root / "recipe.yaml").write_text(RECIPE)
     ddp = run(command(root, "ddp", "--multi_gpu", "--num_machines", "1", "--dynamo_backend", "no"))
     assert "DistributedType.MULTI_CPU" in ddp.stdout
