@@ -122,19 +122,12 @@ def test_fsdp_follows_ddp(root):
 
 
 @pytest.mark.slow
-def test_sharded_checkpoint_resumes_exactly_after_sigkill(root):
+def test_sharded_checkpoint_resumes_exactly_after_sigkill(root, assert_same_run):
     checkpoint = root / "fsdp" / "checkpoints" / f"step_{SAVE_AT:07d}"
     # one file per rank for the weights and for the optimizer: a sharded (DCP) checkpoint
     for part in ("pytorch_model_fsdp_0", "optimizer_0"):
         assert sorted(p.name for p in (checkpoint / part).glob("*.distcp")) == ["__0_0.distcp", "__1_0.distcp"]
-    expected, resumed = metrics(root / "fsdp"), metrics(root / "killed")
-    assert [r["step"] for r in resumed] == list(range(1, STEPS + 1))
-    for key in ("loss", "lr", "grad_norm", "val_loss", "samples"):
-        assert [r.get(key) for r in resumed] == [r.get(key) for r in expected], key
-    want, got = load_file(root / "fsdp" / "final" / "model.safetensors"), load_file(root / "killed" / "final" / "model.safetensors")
-    assert want.keys() == got.keys()
-    for name in want:
-        assert torch.equal(want[name], got[name]), name
+    assert_same_run(root / "fsdp", root / "killed", STEPS)
 
 
 @pytest.mark.slow

@@ -82,15 +82,8 @@ def test_bf16_compiled_losses_follow_fp32(runs):
 
 
 @pytest.mark.slow
-def test_bf16_compiled_run_resumes_exactly(runs):
-    expected, resumed = metrics(runs / "bf16"), metrics(runs / "resumed")
-    assert [r["step"] for r in resumed] == list(range(1, STEPS + 1))
-    for key in ("loss", "lr", "grad_norm", "val_loss", "samples"):
-        assert [r.get(key) for r in resumed] == [r.get(key) for r in expected], key
-    want, got = load_file(runs / "bf16" / "final" / "model.safetensors"), load_file(runs / "resumed" / "final" / "model.safetensors")
-    assert want.keys() == got.keys()
-    for name in want:
-        assert torch.equal(want[name], got[name]), name
+def test_bf16_compiled_run_resumes_exactly(runs, assert_same_run):
+    assert_same_run(runs / "bf16", runs / "resumed", STEPS)
 
 
 @pytest.mark.slow
