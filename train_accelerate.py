@@ -1013,7 +1013,7 @@ def train(argv=None):
     if run.start_step >= args.max_steps and (final / "config.json").is_file():
         run.accelerator.print(f"{args.output_dir} already finished: {run.last_good} is step {run.start_step} of "
                               f"max_steps={args.max_steps} and {final} was exported from it; nothing to do "
-                              "(raise --max_steps to train on, or pick another --output_dir)")
+                              "(raise --max_steps with --allow_config_change to train on, or pick another --output_dir)")
         run.accelerator.end_training()
         return
     run.model.train()

@@ -1,7 +1,7 @@
 """Peak memory of one training step and one evaluation step: our GPTForCausalLM against transformers'
 GPT2LMHeadModel holding the same weights, on the same batch.
 
-    python bench/bench_memory.py                            # CPU: 4 layers, width 256, GPT-2's vocabulary, 8 x 512
+    python bench/bench_memory.py --save                     # CPU: 4 layers, width 256, GPT-2's vocabulary, 8 x 512
     python bench/bench_memory.py --device cuda --n_layer 12 --n_embd 768 --n_head 12 --batch_size 16 --seq_len 1024
 
 train  forward with labels, backward, AdamW step (both models compute their own loss)
@@ -22,10 +22,10 @@ from pathlib import Path
 import torch
 
 import atomic_io
+from bench_output import SAVE_HELP, results_path
 from eval import mean_loss
 from modeling_gpt import GPTConfig, GPTForCausalLM
 
-REPO = Path(__file__).resolve().parents[1]
 
 
 def rss_bytes(field: str) -> int:
@@ -100,7 +100,8 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seq_len", type=int, default=512)
     parser.add_argument("--model", choices=["ours", "transformers"], help=argparse.SUPPRESS)
     parser.add_argument("--step", choices=["train", "eval"], help=argparse.SUPPRESS)
-    parser.add_argument("--output", default=None, help="JSON path; default bench/results/memory_<device>.json.")
+    parser.add_argument("--output", default=None, help="JSON path; default out/bench/memory_<device>.json.")
+    parser.add_argument("--save", action="store_true", help=SAVE_HELP)
     return parser
 
 
@@ -125,7 +126,7 @@ def main(argv=None):
     print(f"{'step':<6} {'model':<16} {'peak MB':>9} {'ours/theirs':>12} {'loss':>8}")
     for r in rows:
         print(f"{r['step']:<6} {r['class']:<16} {r['peak_mb']:9.1f} {r['ratio_ours_vs_transformers']:12.3f} {r['loss']:8.4f}")
-    out = Path(args.output or REPO / "bench" / "results" / f"memory_{args.device}.json")
+    out = results_path(f"memory_{args.device}.json", args.output, args.save)
     atomic_io.write_json(out, {"device": args.device, "device_name": device_name, "torch": torch.__version__,
                                "settings": {k: getattr(args, k) for k in ("n_layer", "n_embd", "n_head", "batch_size", "seq_len")},
                                "command": "python bench/bench_memory.py " + " ".join(argv if argv is not None else sys.argv[1:]),

@@ -1,7 +1,7 @@
 """Trainer start-up over many token shards: hashing every shard at every start (before) against hashing once per
 node and then only comparing sizes and modification times (after).
 
-    python bench/bench_startup.py                    # 100 shards of 1M tokens (200 MB), writes bench/results/startup_cpu.json
+    python bench/bench_startup.py --tokens_per_shard 10000000 --repeats 2 --save   # 100 shards, 2 GB -> bench/results/startup_cpu.json
 
 Each row times `train_accelerate.start_up()` in this process (one rank): settings, data checks, tiny model,
 optimizer, loaders. The page cache of every shard is dropped before each start (posix_fadvise DONTNEED), so the
@@ -25,6 +25,7 @@ import numpy as np
 
 import atomic_io
 import token_shards
+from bench_output import SAVE_HELP, results_path
 import train_accelerate as ta
 from modeling_gpt.tokenizer import gpt2_tokenizer
 
@@ -73,7 +74,8 @@ def main(argv=None):
     parser.add_argument("--shards", type=int, default=100)
     parser.add_argument("--tokens_per_shard", type=int, default=1_000_000)
     parser.add_argument("--repeats", type=int, default=3, help="Starts per row; the best counts.")
-    parser.add_argument("--output", default=str(REPO / "bench" / "results" / "startup_cpu.json"))
+    parser.add_argument("--output", default=None, help="JSON path; default out/bench/startup_cpu.json.")
+    parser.add_argument("--save", action="store_true", help=SAVE_HELP)
     args = parser.parse_args(argv)
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -96,12 +98,13 @@ def main(argv=None):
     print(f"trainer start-up over {args.shards} shards ({megabytes:.0f} MB), best of {args.repeats}, one process:")
     for row in table:
         print(f"  {row['what']:<20} {row['seconds']:8.3f} s")
-    atomic_io.write_json(args.output, {
+    out = results_path("startup_cpu.json", args.output, args.save)
+    atomic_io.write_json(out, {
         "device": platform.processor() or platform.machine(), "cores": len(os.sched_getaffinity(0)),
         "shards": args.shards, "tokens_per_shard": args.tokens_per_shard, "megabytes": round(megabytes, 1),
         "command": "python bench/bench_startup.py " + " ".join(sys.argv[1:] if argv is None else argv), "rows": table,
     }, indent=2)
-    print(f"wrote {args.output}")
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":
