@@ -91,7 +91,8 @@ def test_init_from_gpt2_converts_exactly_with_the_dropout_asked_for(tmp_path):
     from transformers import GPT2Config, GPT2LMHeadModel
 
     torch.manual_seed(0)
-    GPT2LMHeadModel(GPT2Config(n_layer=2, n_head=4, n_embd=64, n_positions=32, vocab_size=300)).save_pretrained(tmp_path)
+    GPT2LMHeadModel(GPT2Config(n_layer=2, n_head=4, n_embd=64, n_positions=32, vocab_size=300, bos_token_id=299,
+                               eos_token_id=299)).save_pretrained(tmp_path)
     native = GPT2LMHeadModel.from_pretrained(tmp_path).eval()
     ours = ta.build_model(ta.ModelArguments(init_from=str(tmp_path), dropout=0.2), 300, 299)
     assert ours.config.dropout == 0.2 and ours.config._attn_implementation == "sdpa"
