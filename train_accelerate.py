@@ -998,7 +998,7 @@ def maybe_save(run: Run, step: int):
 def main(argv=None):
     try:
         train(argv)
-    except (ConfigError, NonFiniteLossError, OfflineError) as err:
+    except (ConfigError, NonFiniteLossError, OfflineError, token_shards.ShardError) as err:
         if os.environ.get("LOCAL_RANK", "0") != "0":
             # every process refuses alike: local rank 0 says why and fails the launch; the others leave quietly,
             # so that the launcher neither kills rank 0 before it prints nor lists every rank
