@@ -74,9 +74,10 @@ def plan(args, device_slug: str, scratch: Path) -> list[tuple[str, int, list[str
     ]
 
 
-def check_fsdp_smoke(scratch: Path) -> dict:
+def check_fsdp_smoke(scratch: Path, output: str) -> dict:
     checkpoint = scratch / "fsdp" / "checkpoints" / "step_0000002"
-    return {"sharded_checkpoint": (checkpoint / "pytorch_model_fsdp_0").is_dir(),
+    return {"ran_as_fsdp": "DistributedType.FSDP" in output,
+            "sharded_checkpoint": (checkpoint / "pytorch_model_fsdp_0").is_dir(),
             "final_files": sorted(p.name for p in (scratch / "fsdp" / "final").iterdir()),
             "losses": [json.loads(line)["loss"] for line in (scratch / "fsdp" / "metrics.jsonl").read_text().splitlines()]}
 
@@ -117,12 +118,14 @@ def main(argv=None):
             try:
                 done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=min(limit, left))
                 status = "ok" if done.returncode == 0 else f"failed (exit {done.returncode})"
-                tail = (done.stdout + done.stderr)[-4000:]
+                output, tail = done.stdout, (done.stdout + done.stderr)[-4000:]
             except subprocess.TimeoutExpired as err:
                 status, tail = "timeout", str(err)[-4000:]
             part = {"status": status, "seconds": round(time.monotonic() - start, 1), "command": " ".join(cmd), "output_tail": tail}
             if status == "ok" and name == "fsdp_smoke":
-                part.update(check_fsdp_smoke(scratch))
+                part.update(check_fsdp_smoke(scratch, output))
+                if not (part["ran_as_fsdp"] and part["sharded_checkpoint"]):
+                    part["status"] = "failed (not FSDP, or no sharded checkpoint)"
             report["parts"][name] = part
             print(f"{name:<14} {status:<20} {part['seconds']:7.1f} s", flush=True)
     out = RESULTS / f"gpu_suite_{slug}.json"
