@@ -722,7 +722,8 @@ def resume_point(args: TrainArguments, checkpoints: CheckpointManager) -> Option
 
 # what a resumed run must share with its checkpoint (evaluation, logging, hardware and micro-batch size may change)
 RESUME_SETTINGS = ("max_steps", "warmup_steps", "learning_rate", "min_lr_ratio", "weight_decay", "adam_beta1", "adam_beta2",
-                   "adam_epsilon", "grad_clip", "total_batch_tokens", "seq_len")
+                   "adam_epsilon", "grad_clip", "total_batch_tokens", "seq_len", "optimizer", "lr_schedule", "decay_ratio",
+                   "muon_learning_rate", "muon_momentum", "muon_weight_decay")
 # model config entries that do not change the trained function
 MODEL_CONFIG_IGNORED = {"transformers_version", "architectures", "auto_map", "dtype", "torch_dtype", "use_cache",
                         "_name_or_path", "_attn_implementation", "output_hidden_states", "output_attentions", "return_dict",
