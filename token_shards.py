@@ -29,6 +29,7 @@ _DTYPES = {2: np.dtype("<u2"), 4: np.dtype("<u4")}
 MANIFEST = "manifest.json"
 TOKENIZER_DIR = "tokenizer"
 SPLITS = ("train", "val")
+EOT_TEXT = "<|endoftext|>"
 
 
 class ShardError(ValueError):
@@ -95,6 +96,48 @@ def file_sha256(path) -> str:
         while n := f.readinto(buf):
             sha.update(view[:n])
     return sha.hexdigest()
+
+
+def check_sha256(paths: list, expected: list, where) -> None:
+    """ShardError naming the first shard whose sha256 is not the one `where` (the manifest) lists."""
+    # hashlib releases the GIL on large reads: shards hash in parallel threads
+    with ThreadPoolExecutor(max(1, min(len(paths), os.cpu_count() or 1))) as pool:
+        digests = list(pool.map(file_sha256, paths))
+    for path, digest, want in zip(paths, digests, expected):
+        if digest != want:
+            raise ShardError(f"shard {path} is corrupt: sha256 {digest} does not match {want} in {where}")
+
+
+def verify_shards(data_dir, record=None) -> bool:
+    """Check every shard of data_dir against the sha256 its manifest lists; True when they were hashed.
+
+    With `record` (a JSON file), the hashing happens once: the record keeps each verified shard's size,
+    modification time and sha256, and while they all stay the same the shards are not read again."""
+    where = Path(data_dir) / MANIFEST
+    entries = read_manifest(data_dir)["shards"]
+    paths = [Path(data_dir) / e["file"] for e in entries]
+    stamps = {}
+    for path, entry in zip(paths, entries):
+        if not path.is_file():
+            raise ShardError(f"shard {path} is missing")
+        stat = path.stat()
+        stamps[entry["file"]] = [stat.st_size, stat.st_mtime_ns, entry["sha256"]]
+    if record is not None and Path(record).is_file():
+        try:
+            if json.loads(Path(record).read_text()) == stamps:
+                return False
+        except json.JSONDecodeError:
+            pass  # a torn record (it is written atomically, but a user may edit it): verify again
+    check_sha256(paths, [e["sha256"] for e in entries], where)
+    if record is not None:
+        atomic_io.write_json(record, stamps, indent=1)
+    return True
+
+
+def eot_id(tokenizer):
+    """The id that separates documents: `<|endoftext|>` where the vocabulary has it, else the eos token (or None)."""
+    vocab = tokenizer.get_vocab()
+    return vocab[EOT_TEXT] if EOT_TEXT in vocab else tokenizer.eos_token_id
 
 
 def read_manifest(data_dir) -> dict:
@@ -188,12 +231,7 @@ class ShardDataLoader:
             if tokens.size != entry["tokens"]:
                 raise ShardError(f"shard {path} holds {tokens.size} tokens, but {where} says {entry['tokens']}")
         if verify_checksums:
-            # hashlib releases the GIL on large reads: shards hash in parallel threads
-            with ThreadPoolExecutor(min(len(self._paths), os.cpu_count() or 1)) as pool:
-                digests = list(pool.map(file_sha256, self._paths))
-            for path, digest, entry in zip(self._paths, digests, entries):
-                if digest != entry["sha256"]:
-                    raise ShardError(f"shard {path} is corrupt: sha256 {digest} does not match {entry['sha256']} in {where}")
+            check_sha256(self._paths, [e["sha256"] for e in entries], where)
 
         self._sizes = np.array([t.size for t in self._tokens], dtype=np.int64)
         self.tokens_per_epoch = int(self._sizes.sum())

@@ -26,9 +26,8 @@ import atomic_io
 import token_shards
 from cli_guard import FolderLock, UserError, jsonl_lines, run_cli
 from modeling_gpt.network import tiktoken_unavailable
-from token_shards import MANIFEST, TOKENIZER_DIR, token_dtype, write_json_atomic, write_shard
+from token_shards import EOT_TEXT, MANIFEST, TOKENIZER_DIR, token_dtype, write_json_atomic, write_shard
 
-EOT_TEXT = "<|endoftext|>"
 DOCS_PER_TASK = 64  # documents per unit of work handed to an encoder thread
 FORMATS = {".parquet": "parquet", ".jsonl": "jsonl", ".json": "jsonl", ".txt": "text"}
 
@@ -212,7 +211,7 @@ def _load_hf_tokenizer(name: str):
 
 
 def _eot_id(hf_tokenizer, name) -> int:
-    eot = hf_tokenizer.convert_tokens_to_ids(EOT_TEXT) if EOT_TEXT in hf_tokenizer.get_vocab() else hf_tokenizer.eos_token_id
+    eot = token_shards.eot_id(hf_tokenizer)
     if eot is None:
         raise TokenizeError(f"--tokenizer {name}: it has neither {EOT_TEXT!r} nor an eos token to separate documents")
     return int(eot)

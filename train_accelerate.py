@@ -18,6 +18,7 @@ import math
 import os
 import platform
 import shutil
+import socket
 import sys
 import time
 from contextlib import contextmanager, nullcontext
@@ -32,6 +33,7 @@ from torch.distributed.tensor import DTensor
 from accelerate import Accelerator, DistributedType
 from accelerate.utils import ProjectConfiguration, set_seed
 from tqdm.auto import tqdm
+from safetensors.torch import load_file
 from transformers import AutoConfig, GenerationConfig, HfArgumentParser
 
 import atomic_io
@@ -64,8 +66,9 @@ class ModelArguments:
     init_from: Optional[str] = field(
         default=None,
         metadata={
-            "help": "Start from these weights instead of from scratch: a Hugging Face folder or Hub id of our GPT, "
-            "or of transformers' GPT-2 (e.g. openai-community/gpt2), converted on the fly."
+            "help": "Fine-tune these weights instead of training from scratch: a Hugging Face folder or Hub id of our "
+            "GPT or of transformers' GPT-2 (e.g. openai-community/gpt2, converted on the fly), or one of our "
+            "checkpoints (output_dir/checkpoints/step_N). Only dropout can be overridden."
         },
     )
     n_layer: Optional[int] = field(default=None, metadata={"help": "Override the preset's number of blocks."})
@@ -73,7 +76,7 @@ class ModelArguments:
     n_embd: Optional[int] = field(default=None, metadata={"help": "Override the preset's width."})
     n_inner: Optional[int] = field(default=None, metadata={"help": "Override the preset's MLP hidden size (d_ff)."})
     n_positions: Optional[int] = field(default=None, metadata={"help": "Override the preset's context length."})
-    dropout: Optional[float] = field(default=None, metadata={"help": "Override the preset's dropout (0 for pretraining)."})
+    dropout: Optional[float] = field(default=None, metadata={"help": "Override the preset's (or init_from's) dropout: 0 for pretraining."})
     rope_theta: Optional[float] = field(default=None, metadata={"help": "Override the RoPE base (modern variant only)."})
     qk_norm: Optional[bool] = field(
         default=None, metadata={"help": "RMSNorm on queries and keys per head (the modern variant then exports as Qwen3)."}
@@ -272,11 +275,12 @@ def validate_args(model_args: ModelArguments, data_args: DataArguments, args: Tr
     """Raise ValueError naming the bad value and what is accepted."""
     if model_args.init_from is None and model_args.model_preset not in PRESETS:
         raise ConfigError(f"model_preset={model_args.model_preset!r} is unknown; choose one of {sorted(PRESETS)}")
-    overrides = {k: getattr(model_args, k) for k in MODEL_OVERRIDES if getattr(model_args, k) is not None}
+    shape = {k: getattr(model_args, k) for k in MODEL_OVERRIDES if k != "dropout" and getattr(model_args, k) is not None}
     if model_args.init_from is not None and missing_local_folder(model_args.init_from):
         raise ConfigError(f"init_from={model_args.init_from!r}: no such folder; give a Hugging Face folder or a Hub id")
-    if model_args.init_from is not None and overrides:
-        raise ConfigError(f"model overrides {overrides} apply to a model trained from scratch, not with init_from")
+    if model_args.init_from is not None and shape:
+        raise ConfigError(f"model overrides {shape} change the shape of a model trained from scratch; with init_from only "
+                          "dropout can be overridden")
     if data_args.data_dir is None:
         raise ConfigError("data_dir is not set: give the token shard folder in the recipe or with --data_dir")
     for name in ("max_steps", "micro_batch_size", "seq_len", "total_batch_tokens", "log_interval", "sample_max_new_tokens"):
@@ -501,42 +505,62 @@ def check_finite(records: list[dict], last_good: Optional[Path]):
 
 
 def ensure_tokenized(data_args: DataArguments, accelerator: Accelerator):
-    """Tokenize tokenize_dataset into data_dir unless a complete manifest is there (main process; the
-    others wait). A run that was killed while tokenizing left an incomplete one: the tokenizer resumes it."""
+    """Tokenize tokenize_dataset into data_dir unless a complete manifest is there (a run killed while tokenizing left
+    an incomplete one: the tokenizer resumes it). One process only: the others would wait on it in a collective that
+    times out long before a large data set is tokenized."""
     manifest = Path(data_args.data_dir) / "manifest.json"
-    with accelerator.main_process_first():
-        # a manifest without a stream record was not written by an interrupted gpt-tokenize: complete
-        if manifest.is_file() and token_shards.read_manifest(data_args.data_dir).get("stream", {"complete": True})["complete"]:
-            return
-        if data_args.tokenize_dataset is None:
-            found = "is incomplete (gpt-tokenize was interrupted)" if manifest.is_file() else "not found"
-            raise ConfigError(
-                f"{manifest} {found}: tokenize first (gpt-tokenize ... {data_args.data_dir}) or set tokenize_dataset"
-            )
-        if not accelerator.is_main_process:
-            raise ConfigError(f"{manifest} is still missing or incomplete after the main process tokenized into it")
-        import tokenize_fineweb
+    # a manifest without a stream record was not written by an interrupted gpt-tokenize: complete
+    if manifest.is_file() and token_shards.read_manifest(data_args.data_dir).get("stream", {"complete": True})["complete"]:
+        return
+    if data_args.tokenize_dataset is None:
+        found = "is incomplete (gpt-tokenize was interrupted)" if manifest.is_file() else "not found"
+        raise ConfigError(
+            f"{manifest} {found}: tokenize first (gpt-tokenize ... {data_args.data_dir}) or set tokenize_dataset"
+        )
+    argv = ["--dataset", data_args.tokenize_dataset, "--output", data_args.data_dir]
+    options = {"--name": data_args.tokenize_name, "--tokenizer": data_args.tokenize_tokenizer,
+               "--shard-size": data_args.tokenize_shard_size, "--val-tokens": data_args.tokenize_val_tokens}
+    for flag, value in options.items():
+        if value is not None:
+            argv += [flag, str(value)]
+    if accelerator.num_processes > 1:
+        raise ConfigError(f"{manifest} is missing or incomplete: with {accelerator.num_processes} processes, tokenize "
+                          f"first in one process: gpt-tokenize {' '.join(argv)}")
+    import tokenize_fineweb
 
-        argv = ["--dataset", data_args.tokenize_dataset, "--output", data_args.data_dir]
-        options = {"--name": data_args.tokenize_name, "--tokenizer": data_args.tokenize_tokenizer,
-                   "--shard-size": data_args.tokenize_shard_size, "--val-tokens": data_args.tokenize_val_tokens}
-        for flag, value in options.items():
-            if value is not None:
-                argv += [flag, str(value)]
-        print(f"tokenizing {data_args.tokenize_dataset} into {data_args.data_dir}", flush=True)
-        tokenize_fineweb.main(argv)
+    print(f"tokenizing {data_args.tokenize_dataset} into {data_args.data_dir}", flush=True)
+    tokenize_fineweb.main(argv)
+
+
+def load_pretrained(init_from: str, dropout: Optional[float]) -> GPTForCausalLM:
+    """The weights to fine-tune: one of our checkpoints (output_dir/checkpoints/step_N), or a folder or Hub id of our
+    GPT or of transformers' GPT2LMHeadModel (converted); `dropout` replaces the saved model's."""
+    path = Path(init_from)
+    if (path / "trainer_state.json").is_file():
+        if not (path / "model.safetensors").is_file():
+            raise ConfigError(f"init_from={init_from!r} is a sharded FSDP checkpoint; merge it into one file first: "
+                              f"accelerate merge-weights {path / 'pytorch_model_fsdp_0'} <folder>, or use the run's final/")
+        config = json.loads((path / "trainer_state.json").read_text())["model_config"]
+        model = GPTForCausalLM(GPTConfig.from_dict({**config, **({} if dropout is None else {"dropout": dropout})}))
+        missing, unexpected = model.load_state_dict(load_file(path / "model.safetensors"), strict=False)
+        if unexpected or set(missing) - set(model._tied_weights_keys):
+            raise ConfigError(f"init_from={init_from!r}: weights do not match its model_config "
+                              f"(missing {sorted(missing)}, unexpected {sorted(unexpected)})")
+        return model
+    config = load_local_or_hub(AutoConfig.from_pretrained, init_from, "init_from",
+                               "give the folder of a saved model instead of a Hub id")
+    if config.model_type == "gpt2":
+        kwargs = {} if dropout is None else dict(resid_pdrop=dropout, embd_pdrop=dropout, attn_pdrop=dropout)
+        return GPTForCausalLM.from_gpt2(init_from, **kwargs)
+    if config.model_type == GPTConfig.model_type:
+        return GPTForCausalLM.from_pretrained(init_from, **({} if dropout is None else {"dropout": dropout}))
+    raise ConfigError(f"init_from={init_from!r} is a {config.model_type!r} model; use our GPT or GPT-2")
 
 
 def build_model(model_args: ModelArguments, vocab_size: int, eot_id: int) -> GPTForCausalLM:
     if model_args.init_from is not None:
-        config = load_local_or_hub(AutoConfig.from_pretrained, model_args.init_from, "init_from",
-                                   "give the folder of a saved model instead of a Hub id")
-        if config.model_type == "gpt2":
-            model = GPTForCausalLM.from_gpt2(model_args.init_from)
-        elif config.model_type == GPTConfig.model_type:
-            model = GPTForCausalLM.from_pretrained(model_args.init_from, attn_implementation=model_args.attn_implementation)
-        else:
-            raise ConfigError(f"init_from={model_args.init_from!r} is a {config.model_type!r} model; use our GPT or GPT-2")
+        model = load_pretrained(model_args.init_from, model_args.dropout).to(torch.float32)  # fp32 master weights
+        model.set_attn_implementation(model_args.attn_implementation)
     else:
         overrides = {k: getattr(model_args, k) for k in MODEL_OVERRIDES if getattr(model_args, k) is not None}
         config = GPTConfig.from_preset(
@@ -545,7 +569,8 @@ def build_model(model_args: ModelArguments, vocab_size: int, eot_id: int) -> GPT
         config._attn_implementation = model_args.attn_implementation
         model = GPTForCausalLM(config)
     if model_args.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
+        # transformers >= 5.23 names it activation checkpointing; gradient_checkpointing_enable is its deprecated alias
+        (getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable)()
     return model
 
 
@@ -787,7 +812,8 @@ def lock_output_dir(accelerator: Accelerator, output_dir: Path):
 
 # what a resumed run must share with its checkpoint (evaluation, logging, hardware and micro-batch size may change)
 RESUME_SETTINGS = ("max_steps", "warmup_steps", "learning_rate", "min_lr_ratio", "weight_decay", "adam_beta1", "adam_beta2",
-                   "adam_epsilon", "grad_clip", "total_batch_tokens", "seq_len")
+                   "adam_epsilon", "grad_clip", "total_batch_tokens", "seq_len", "optimizer", "lr_schedule", "decay_ratio",
+                   "muon_learning_rate", "muon_momentum", "muon_weight_decay")
 # model config entries that do not change the trained function
 MODEL_CONFIG_IGNORED = {"transformers_version", "architectures", "auto_map", "dtype", "torch_dtype", "use_cache",
                         "_name_or_path", "_attn_implementation", "output_hidden_states", "output_attentions", "return_dict",
@@ -861,6 +887,27 @@ def check_evaluation(args: TrainArguments, val_loader: token_shards.ShardDataLoa
         from eval.data import load_task_docs
 
         load_task_docs("hellaswag", args.hellaswag_data_dir, args.hellaswag_limit)
+def open_data(data_args: DataArguments, accelerator: Accelerator, output_dir: Path) -> tuple[dict, Any]:
+    """The data folder's manifest and tokenizer, its shards verified (tokenized first by a single process)."""
+    ensure_tokenized(data_args, accelerator)
+    manifest = token_shards.read_manifest(data_args.data_dir)
+    tokenizer = token_shards.load_tokenizer(data_args.data_dir)
+    if accelerator.is_local_main_process:  # one reader per node, and once while the shards stay unchanged
+        record = output_dir / "data-verified" / f"{socket.gethostname()}.json"
+        if token_shards.verify_shards(data_args.data_dir, record=record):
+            print(f"verified the sha256 of every shard in {data_args.data_dir} (recorded in {record})", flush=True)
+    return manifest, tokenizer
+
+
+def make_loaders(args: TrainArguments, data_dir: str, tokenizer, accelerator: Accelerator):
+    """This process's train and val loaders; the manifest is checked against the tokenizer folder beside it."""
+    kwargs = dict(
+        batch_size=args.micro_batch_size, seq_len=args.seq_len, rank=accelerator.process_index,
+        world_size=accelerator.num_processes, seed=args.seed, vocab_size=len(tokenizer),
+        eot_id=token_shards.eot_id(tokenizer), tokenizer_hash=token_shards.tokenizer_hash(tokenizer), verify_checksums=False,
+    )
+    return (token_shards.ShardDataLoader(data_dir, split="train", **kwargs),
+            token_shards.ShardDataLoader(data_dir, split="val", shuffle=False, **kwargs))
 
 
 def start_up(argv=None) -> Run:
@@ -876,21 +923,15 @@ def start_up(argv=None) -> Run:
     torch.backends.cudnn.allow_tf32 = True
 
     # data first: the tokenizer and vocabulary come with the shards
-    ensure_tokenized(data_args, accelerator)
-    manifest = token_shards.read_manifest(data_args.data_dir)
-    tokenizer = token_shards.load_tokenizer(data_args.data_dir)
-
+    manifest, tokenizer = open_data(data_args, accelerator, output_dir)
     set_seed(args.seed)  # the same initial weights on every process
     model = build_model(model_args, manifest["vocab_size"], manifest["eot_id"])
     if args.seq_len > model.config.n_positions:
         raise ConfigError(f"seq_len={args.seq_len} is longer than the model's n_positions={model.config.n_positions}")
-    loader_kwargs = dict(
-        batch_size=args.micro_batch_size, seq_len=args.seq_len, rank=accelerator.process_index, world_size=world,
-        seed=args.seed, vocab_size=model.config.vocab_size, eot_id=manifest["eot_id"],
-        tokenizer_hash=token_shards.tokenizer_hash(tokenizer),
-    )
-    train_loader = token_shards.ShardDataLoader(data_args.data_dir, split="train", **loader_kwargs)
-    val_loader = token_shards.ShardDataLoader(data_args.data_dir, split="val", shuffle=False, **loader_kwargs)
+    if model.config.vocab_size != len(tokenizer):
+        raise ConfigError(f"the model has vocab_size={model.config.vocab_size}, the tokenizer of {data_args.data_dir} "
+                          f"{len(tokenizer)} tokens: tokenize the data with the model's tokenizer")
+    train_loader, val_loader = make_loaders(args, data_args.data_dir, tokenizer, accelerator)
     check_evaluation(args, val_loader)
 
     n_params, flops_token = model.num_parameters(), flops_per_token(model.config, args.seq_len)  # before FSDP shards it
@@ -1096,7 +1137,7 @@ def train(argv=None):
     if run.start_step >= args.max_steps and (final / "config.json").is_file():
         run.accelerator.print(f"{args.output_dir} already finished: {run.last_good} is step {run.start_step} of "
                               f"max_steps={args.max_steps} and {final} was exported from it; nothing to do "
-                              "(raise --max_steps to train on, or pick another --output_dir)")
+                              "(raise --max_steps with --allow_config_change to train on, or pick another --output_dir)")
         run.accelerator.end_training()
         return
     run.model.train()

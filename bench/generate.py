@@ -13,7 +13,6 @@ Prints a table (tokens/s, ratio, whether both produced the same tokens) and writ
 
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import torch
 from transformers import GenerationConfig, HfArgumentParser

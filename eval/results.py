@@ -2,8 +2,6 @@
 
 from pathlib import Path
 
-import evaluate
-
 import atomic_io
 
 from .data import HUB_DATASETS, LOCAL_FILES
@@ -62,6 +60,8 @@ def save_results(results: dict, path, model_name=None, scoring: str = "harness",
     "config", plus evaluate.save's provenance (_timestamp, _git_commit_hash, library versions)}; so
     `json.load(f)["results"]["hellaswag"]["acc_norm"]` is the HellaSwag acc_norm.
     """
+    import evaluate  # here, not at the top: evaluate pulls in datasets, which a GPU box may not have
+
     path = Path(path)
     with atomic_io.atomic_path(path) as tmp:
         evaluate.save(

@@ -8,6 +8,20 @@ import torch.nn.functional as F
 import token_shards
 
 
+CHUNK_BYTES = 2**28  # the float32 logits and log-softmax of one chunk of rows: at most ~256 MiB each
+
+
+def chunked_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of (B, T, V) logits, in float32 a few rows at a time: at 64 x 1024 x 50257 a whole-batch
+    float32 copy plus its log-softmax would take ~26 GB."""
+    rows = max(1, CHUNK_BYTES // (logits.shape[1] * logits.shape[2] * 4))
+    total = torch.zeros((), dtype=torch.float32, device=logits.device)
+    for i in range(0, logits.shape[0], rows):
+        chunk = logits[i:i + rows]
+        total += F.cross_entropy(chunk.float().flatten(0, 1), targets[i:i + rows].flatten(), reduction="sum")
+    return total / targets.numel()
+
+
 @torch.no_grad()
 def mean_loss(model, loader, num_batches: int, accelerator=None) -> float:
     """Mean next-token loss over the first `num_batches` batches of `loader` (a token_shards.ShardDataLoader
@@ -29,7 +43,7 @@ def mean_loss(model, loader, num_batches: int, accelerator=None) -> float:
     for k in range(math.ceil(num_batches / world_size)):
         x, y = loader.next_batch()
         logits = model(input_ids=x.to(device)).logits  # (B, T, V)
-        loss = F.cross_entropy(logits.float().flatten(0, 1), y.to(device).flatten())
+        loss = chunked_cross_entropy(logits, y.to(device))
         if k * world_size + rank < num_batches:
             total += loss.double()
     model.train(was_training)

@@ -1,4 +1,5 @@
 import configparser
+import json
 import os
 import subprocess
 import sys
@@ -90,3 +91,37 @@ def tree_digest():
                 for p in sorted(Path(folder).rglob("*")) if p.is_file() and p.name != ".lock"}
 
     return digest
+@pytest.fixture(scope="session")
+def mini_data(tmp_path_factory):
+    """Token shards of the offline FineWeb-Edu stand-in's first 20 documents, under a 512-token BPE trained on them:
+    the data of a tiny model that trains in milliseconds per step."""
+    mini = SHARED / "fineweb-edu-mini"
+    if not mini.is_dir():
+        pytest.skip(f"the offline FineWeb-Edu stand-in is missing: {mini}")
+    import tokenize_fineweb
+
+    folder = tmp_path_factory.mktemp("mini-data")
+    tokenize_fineweb.main(["--dataset", str(mini), "--name", "sample-10BT", "--output", str(folder), "--train-tokenizer",
+                           "--vocab-size", "512", "--tokenizer-train-docs", "20", "--max-docs", "20",
+                           "--shard-size", "40000", "--val-tokens", "4096"])
+    return folder
+
+
+@pytest.fixture(scope="session")
+def assert_same_run():
+    """check(expected, got, steps): two run folders logged the same steps, losses, learning rates, gradient norms,
+    validation losses and samples, and exported bit-identical weights (an exact resume)."""
+
+    def check(expected, got, steps):
+        from safetensors.torch import load_file
+
+        want, have = ([json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()] for run in (expected, got))
+        assert [r["step"] for r in have] == list(range(1, steps + 1))
+        for key in ("loss", "lr", "grad_norm", "val_loss", "samples"):
+            assert [r.get(key) for r in have] == [r.get(key) for r in want], key
+        want, have = (load_file(run / "final" / "model.safetensors") for run in (expected, got))
+        assert want.keys() == have.keys()
+        for name in want:
+            assert torch.equal(want[name], have[name]), name
+
+    return check

@@ -23,6 +23,7 @@ TINY = ["--n_layer", "2", "--n_embd", "64", "--n_head", "4", "--vocab_size", "51
 
 # the scripts import each other as they do when run from bench/ (Python puts a script's folder first on the path)
 sys.path.insert(0, str(BENCH))
+import bench_memory  # noqa: E402
 import generate as gen  # noqa: E402
 import train_throughput as tt  # noqa: E402
 
@@ -126,3 +127,14 @@ def test_train_throughput_rejects_bad_settings(tmp_path, argv, message):
 def test_generate_rejects_bad_batch_sizes(tmp_path):
     with pytest.raises(ValueError, match="batch_sizes='1,x'"):
         gen.main(["--preset", "tiny", "--batch_sizes", "1,x", "--output", str(tmp_path / "x.json")])
+
+
+
+def test_memory_bench_measures_both_models_on_the_same_batch():
+    shape = ["--device", "cpu", "--n_layer", "1", "--n_embd", "32", "--n_head", "2", "--batch_size", "2", "--seq_len", "32"]
+    rows = [bench_memory.one(bench_memory.make_parser().parse_args([*shape, "--model", m, "--step", s]))
+            for s in ("train", "eval") for m in ("ours", "transformers")]
+    assert [(r["class"], r["step"]) for r in rows] == [("GPTForCausalLM", "train"), ("GPT2LMHeadModel", "train"),
+                                                       ("GPTForCausalLM", "eval"), ("GPT2LMHeadModel", "eval")]
+    assert rows[0]["loss"] == pytest.approx(rows[1]["loss"], abs=1e-4) and rows[2]["loss"] == pytest.approx(rows[3]["loss"], abs=1e-4)
+    assert all(r["peak_mb"] >= 0 for r in rows)

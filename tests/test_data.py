@@ -231,3 +231,17 @@ def test_bad_arguments_are_named(tmp_path):
         ShardDataLoader(tmp_path, split="val", batch_size=64, seq_len=1024)
     with pytest.raises(FileNotFoundError, match="no manifest.json"):
         ShardDataLoader(tmp_path / "nowhere", batch_size=2, seq_len=8)
+
+
+def test_verify_shards_hashes_once_and_again_when_a_shard_changes(tmp_path):
+    make_data(tmp_path)
+    record = tmp_path / "run" / "verified.json"
+    assert token_shards.verify_shards(tmp_path, record=record)  # first start: every shard read
+    assert not token_shards.verify_shards(tmp_path, record=record)  # restart: sizes and times only
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    shard = tmp_path / manifest["shards"][0]["file"]
+    raw = bytearray(shard.read_bytes())
+    raw[-1] ^= 1
+    shard.write_bytes(raw)  # same size, a new modification time
+    with pytest.raises(ShardError, match=f"shard {shard} is corrupt: sha256 .* does not match"):
+        token_shards.verify_shards(tmp_path, record=record)

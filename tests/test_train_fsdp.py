@@ -17,8 +17,6 @@ import torch
 from safetensors.torch import load_file
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
-MINI = SHARED / "fineweb-edu-mini"
 ACCELERATE = shutil.which("accelerate", path=str(Path(sys.executable).parent)) or shutil.which("accelerate")
 STEPS, SAVE_AT = 30, 10
 
@@ -69,17 +67,11 @@ def metrics(folder):
 
 
 @pytest.fixture(scope="module")
-def root(tmp_path_factory):
-    if not MINI.is_dir():
-        pytest.skip(f"the offline FineWeb-Edu stand-in is missing: {MINI}")
+def root(tmp_path_factory, mini_data):
     if ACCELERATE is None:
         pytest.skip("the accelerate command is not installed")
-    import tokenize_fineweb
-
     root = tmp_path_factory.mktemp("fsdp")
-    tokenize_fineweb.main(["--dataset", str(MINI), "--name", "sample-10BT", "--output", str(root / "data"), "--train-tokenizer",
-                           "--vocab-size", "512", "--tokenizer-train-docs", "20", "--max-docs", "20",
-                           "--shard-size", "40000", "--val-tokens", "4096"])
+    (root / "data").symlink_to(mini_data)
     (root / "recipe.yaml").write_text(RECIPE)
     ddp = run(command(root, "ddp", "--multi_gpu", "--num_machines", "1", "--dynamo_backend", "no"))
     assert "DistributedType.MULTI_CPU" in ddp.stdout
@@ -130,19 +122,12 @@ def test_fsdp_follows_ddp(root):
 
 
 @pytest.mark.slow
-def test_sharded_checkpoint_resumes_exactly_after_sigkill(root):
+def test_sharded_checkpoint_resumes_exactly_after_sigkill(root, assert_same_run):
     checkpoint = root / "fsdp" / "checkpoints" / f"step_{SAVE_AT:07d}"
     # one file per rank for the weights and for the optimizer: a sharded (DCP) checkpoint
     for part in ("pytorch_model_fsdp_0", "optimizer_0"):
         assert sorted(p.name for p in (checkpoint / part).glob("*.distcp")) == ["__0_0.distcp", "__1_0.distcp"]
-    expected, resumed = metrics(root / "fsdp"), metrics(root / "killed")
-    assert [r["step"] for r in resumed] == list(range(1, STEPS + 1))
-    for key in ("loss", "lr", "grad_norm", "val_loss", "samples"):
-        assert [r.get(key) for r in resumed] == [r.get(key) for r in expected], key
-    want, got = load_file(root / "fsdp" / "final" / "model.safetensors"), load_file(root / "killed" / "final" / "model.safetensors")
-    assert want.keys() == got.keys()
-    for name in want:
-        assert torch.equal(want[name], got[name]), name
+    assert_same_run(root / "fsdp", root / "killed", STEPS)
 
 
 @pytest.mark.slow

@@ -13,8 +13,6 @@ import pytest
 import train_accelerate as ta
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
-MINI = SHARED / "fineweb-edu-mini"
 
 RECIPE = """\
 model_preset: tiny
@@ -61,16 +59,10 @@ def test_check_resume_refuses_changes_and_a_max_steps_below_the_checkpoint():
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def trained(tmp_path_factory, mini_data):
     """A 4-step run with checkpoints at steps 2 and 4, and a copy of its data in another folder."""
-    if not MINI.is_dir():
-        pytest.skip(f"the offline FineWeb-Edu stand-in is missing: {MINI}")
-    import tokenize_fineweb
-
     root = tmp_path_factory.mktemp("resume-config")
-    tokenize_fineweb.main(["--dataset", str(MINI), "--name", "sample-10BT", "--output", str(root / "data"), "--train-tokenizer",
-                           "--vocab-size", "512", "--tokenizer-train-docs", "20", "--max-docs", "20",
-                           "--shard-size", "40000", "--val-tokens", "4096"])
+    (root / "data").symlink_to(mini_data)
     shutil.copytree(root / "data", root / "moved")
     (root / "recipe.yaml").write_text(RECIPE)
     train(root, "out", check=True)

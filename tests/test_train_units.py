@@ -2,6 +2,8 @@
 
 import json
 import math
+import shutil
+import types
 
 import pytest
 import torch
@@ -63,7 +65,7 @@ def test_shipped_recipes_parse(recipes):
         (["--hellaswag_scoring", "lm-eval"], "hellaswag_scoring='lm-eval' is not supported; use 'nanogpt' or 'harness'"),
         (["--adam_beta2", "1.0"], "adam_beta2=1.0 must be in [0, 1)"),
         (["--save_interval", "-1"], "save_interval=-1 must be >= 0"),
-        (["--init_from", "some/model", "--n_layer", "4"], "apply to a model trained from scratch"),
+        (["--init_from", "some/model", "--n_layer", "4"], "change the shape of a model trained from scratch; with init_from only dropout"),
     ],
 )
 def test_bad_values_are_named(argv, message):
@@ -184,3 +186,37 @@ def test_tokenizes_unless_a_complete_manifest_is_there(tmp_path, monkeypatch, co
     assert bool(calls) == tokenizes  # a killed tokenization left complete=False: it must be resumed
     if tokenizes:
         assert calls[0][:4] == ["--dataset", "some/dataset", "--output", str(tmp_path)]
+
+
+def test_several_processes_never_wait_on_a_tokenization(tmp_path):
+    data_args = ta.DataArguments(data_dir=str(tmp_path / "data"), tokenize_dataset="some/dataset", tokenize_name="cfg")
+    with pytest.raises(ta.ConfigError, match=r"manifest.json is missing or incomplete: with 2 processes, tokenize first "
+                                             r"in one process: gpt-tokenize --dataset some/dataset --output .*data --name cfg$"):
+        ta.ensure_tokenized(data_args, types.SimpleNamespace(num_processes=2))
+
+
+def test_gradient_checkpointing_gives_the_same_loss_and_gradients():
+    args = dict(model_preset="tiny", n_layer=2, n_embd=64, n_head=4)
+    torch.manual_seed(0)
+    plain = ta.build_model(ta.ModelArguments(**args), 512, 0)
+    torch.manual_seed(0)
+    checkpointed = ta.build_model(ta.ModelArguments(**args, gradient_checkpointing=True), 512, 0)
+    assert checkpointed.transformer.gradient_checkpointing and not plain.transformer.gradient_checkpointing
+    x = torch.randint(0, 512, (2, 32))
+    for model in (plain, checkpointed):
+        model.train()
+        model(input_ids=x, labels=x).loss.backward()
+    for (name, a), b in zip(plain.named_parameters(), checkpointed.parameters()):
+        torch.testing.assert_close(b.grad, a.grad, msg=name)
+
+
+def test_a_corrupt_shard_stops_the_start_in_one_line(mini_data, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(mini_data, data)
+    shard = next(data.glob("train_*.bin"))
+    raw = bytearray(shard.read_bytes())
+    raw[-1] ^= 1
+    shard.write_bytes(raw)
+    with pytest.raises(SystemExit, match=rf"^gpt-train: error: shard {shard} is corrupt: sha256 [0-9a-f]{{64}} does not match"):
+        ta.main(["--model_preset", "tiny", "--data_dir", str(data), "--output_dir", str(tmp_path / "out"),
+                 "--tracker", "none", "--micro_batch_size", "4", "--seq_len", "64", "--total_batch_tokens", "256"])
