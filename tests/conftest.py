@@ -83,12 +83,14 @@ def refused(capsys):
 
 @pytest.fixture
 def tree_digest():
-    """{relative path: sha256} of every file under a folder (lock files aside): what must survive a refusal."""
+    """{relative path: sha256} of every file under a folder (lock files and the trainer's record of verified shards
+    aside): what must survive a refusal."""
     import hashlib
 
     def digest(folder) -> dict:
         return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-                for p in sorted(Path(folder).rglob("*")) if p.is_file() and p.name != ".lock"}
+                for p in sorted(Path(folder).rglob("*"))
+                if p.is_file() and p.name != ".lock" and "data-verified" not in p.relative_to(folder).parts}
 
     return digest
 @pytest.fixture(scope="session")

@@ -197,7 +197,8 @@ def test_what_the_first_evaluation_needs_is_checked_before_the_first_step(data, 
     line = refused(train_accelerate.main, argv(data, out, "--eval_interval", "2", "--val_batches", "2", "--hellaswag",
                                 "--hellaswag_data_dir", str(tmp_path)))
     assert line.startswith(f"gpt-train: error: hellaswag: expected {tmp_path / 'hellaswag' / 'hellaswag_val.jsonl'}")
-    assert sorted(p.name for p in out.iterdir()) == [".lock"]  # no step ran, no metrics, no checkpoint
+    # no step ran, no metrics, no checkpoint: only the lock and the record of the verified shards
+    assert sorted(p.name for p in out.iterdir()) == [".lock", "data-verified"]
 
 
 def test_a_recipe_that_is_not_yaml_is_one_line(data, tmp_path, refused):
