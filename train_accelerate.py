@@ -713,6 +713,11 @@ def make_accelerator(args: TrainArguments) -> tuple[Accelerator, str]:
     )
     if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true" and accelerator.distributed_type == DistributedType.MULTI_CPU:
         enable_fsdp_on_cpu(accelerator)
+    if args.optimizer == "muon" and accelerator.distributed_type == DistributedType.FSDP:
+        # it trains (the losses follow DDP's), but accelerate 1.15's save_state pairs the i-th optimizer with the i-th
+        # prepared model, so the second optimizer's checkpoint fails: refuse before the first step, not at the first save
+        raise ConfigError("optimizer='muon' under FSDP cannot be checkpointed (accelerate saves one optimizer per "
+                          "model); use DDP (configs/accelerate/ddp_8gpu.yaml) or optimizer='adamw' with FSDP")
     return accelerator, tracker
 
 

@@ -144,3 +144,17 @@ def test_fsdp_export_is_an_ordinary_hugging_face_folder(root):
     assert "lm_head.weight" not in load_file(final / "model.safetensors")  # tied to the embedding, stored once
     model = AutoModelForCausalLM.from_pretrained(final)
     assert type(model) is GPTForCausalLM and model.lm_head.weight is model.transformer.wte.weight
+
+
+@pytest.mark.slow
+def test_muon_under_fsdp_is_refused_before_the_first_step(tmp_path, mini_data):
+    if ACCELERATE is None:
+        pytest.skip("the accelerate command is not installed")
+    (tmp_path / "data").symlink_to(mini_data)
+    (tmp_path / "recipe.yaml").write_text(RECIPE)
+    done = subprocess.run(fsdp(tmp_path, "muon", "--optimizer", "muon"), cwd=REPO, capture_output=True, text=True)
+    assert done.returncode != 0
+    line = ("gpt-train: error: optimizer='muon' under FSDP cannot be checkpointed (accelerate saves one optimizer per "
+            "model); use DDP")
+    assert done.stderr.count(line) == 1, done.stderr[-3000:]  # once, from one rank (the launcher adds its summary)
+    assert not (tmp_path / "muon" / "metrics.jsonl").exists()
