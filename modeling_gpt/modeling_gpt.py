@@ -370,6 +370,9 @@ class GPTForCausalLM(GPTPreTrainedModel, GenerationMixin):
     def from_gpt2(cls, model_or_path, **kwargs):
         """Our model from transformers' GPT2LMHeadModel (an object or a folder/Hub id such as OpenAI's `gpt2`)."""
         from .convert import from_gpt2
+        # convert.py imports network.py; transformers 5.4 copies only the direct relative imports of a local folder's
+        # remote code into its module cache, so this file names it too (else loading from a folder fails there)
+        from .network import load_local_or_hub  # noqa: F401
 
         return from_gpt2(model_or_path, **kwargs)
 
