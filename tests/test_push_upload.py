@@ -8,7 +8,6 @@ import base64
 import json
 import os
 import subprocess
-import sys
 import sysconfig
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer

@@ -1,7 +1,6 @@
 """Exact resume: a run killed with SIGKILL after a checkpoint and resumed ends exactly like an uninterrupted one."""
 
 import json
-import os
 import signal
 import subprocess
 import sys
