@@ -713,12 +713,20 @@ def make_accelerator(args: TrainArguments) -> tuple[Accelerator, str]:
     )
     if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true" and accelerator.distributed_type == DistributedType.MULTI_CPU:
         enable_fsdp_on_cpu(accelerator)
-    if args.optimizer == "muon" and accelerator.distributed_type == DistributedType.FSDP:
-        # it trains (the losses follow DDP's), but accelerate 1.15's save_state pairs the i-th optimizer with the i-th
-        # prepared model, so the second optimizer's checkpoint fails: refuse before the first step, not at the first save
-        raise ConfigError("optimizer='muon' under FSDP cannot be checkpointed (accelerate saves one optimizer per "
-                          "model); use DDP (configs/accelerate/ddp_8gpu.yaml) or optimizer='adamw' with FSDP")
     return accelerator, tracker
+
+
+@contextmanager
+def model_per_optimizer(accelerator: Accelerator):
+    """accelerate (1.15) saves and loads an FSDP run's i-th optimizer with its i-th prepared model; Muon gives the one
+    model two optimizers, so pair each with it while saving or loading (its shards are then written once per pair)."""
+    models = accelerator._models
+    if accelerator.distributed_type == DistributedType.FSDP and len(accelerator._optimizers) > len(models) == 1:
+        accelerator._models = models * len(accelerator._optimizers)
+    try:
+        yield
+    finally:
+        accelerator._models = models
 
 
 def enable_fsdp_on_cpu(accelerator: Accelerator):
@@ -861,7 +869,8 @@ def check_resume(path: Path, state: dict, changes: dict, args: TrainArguments):
 
 def load_checkpoint(accelerator: Accelerator, path: Path, state: dict, train_loader, changes: dict):
     """Restore weights, optimizer, RNG states and the data position (a changed data set is read from its start)."""
-    accelerator.load_state(str(path))
+    with model_per_optimizer(accelerator):
+        accelerator.load_state(str(path))
     if "data set" in changes:
         accelerator.print(f"the data set changed since {path}: reading the new one from its start")
         return
@@ -1114,7 +1123,8 @@ def maybe_save(run: Run, step: int):
     check_weights_finite(run, step)
     tmp = run.checkpoints.temp_path(step)
     with writing(f"checkpoint {tmp}", resume_hint(run)):
-        accelerator.save_state(str(tmp))
+        with model_per_optimizer(accelerator):
+            accelerator.save_state(str(tmp))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         state = dict(
