@@ -11,6 +11,8 @@ Parts (each a separate process, each under its own time limit, the whole under -
   memory          peak memory of a train and an eval step at 16 x 1024, ours vs GPT2LMHeadModel
   fsdp_smoke      2 steps of the gpt2 preset through configs/accelerate/fsdp.yaml on one GPU, a sharded checkpoint
                   and the final export
+  train_speedrun  12 steps of configs/speedrun-124m.yaml (Muon, WSD, QK-norm) through the trainer: tokens/s and MFU
+                  (on the smoke data's 512-token vocabulary: the blocks' cost, not GPT-2's 50k-wide head)
 Needs torch, transformers, accelerate, tiktoken and tokenizers (no datasets): the data of the FSDP smoke is made here.
 """
 
@@ -71,6 +73,11 @@ def plan(args, device_slug: str, scratch: Path) -> list[tuple[str, int, list[str
                              "--output_dir", str(scratch / "fsdp"), "--micro_batch_size", "8", "--seq_len", "512",
                              "--total_batch_tokens", "4096", "--max_steps", "2", "--warmup_steps", "1", "--eval_interval", "0",
                              "--save_interval", "2", "--tracker", "none"]),
+        ("train_speedrun", 90, [py, str(REPO / "train_accelerate.py"), "--config", str(REPO / "configs" / "speedrun-124m.yaml"),
+                                "--data_dir", str(scratch / "data"), "--output_dir", str(scratch / "speedrun"),
+                                "--max_steps", "12", "--total_batch_tokens", "65536", "--micro_batch_size", "16",
+                                "--warmup_steps", "2", "--eval_interval", "0", "--save_interval", "0", "--hellaswag", "false",
+                                "--log_interval", "4", "--tracker", "none"]),
     ]
 
 
@@ -80,6 +87,13 @@ def check_fsdp_smoke(scratch: Path, output: str) -> dict:
             "sharded_checkpoint": (checkpoint / "pytorch_model_fsdp_0").is_dir(),
             "final_files": sorted(p.name for p in (scratch / "fsdp" / "final").iterdir()),
             "losses": [json.loads(line)["loss"] for line in (scratch / "fsdp" / "metrics.jsonl").read_text().splitlines()]}
+
+
+def speedrun_throughput(scratch: Path) -> dict:
+    """The trainer's logged tokens/s and MFU after the first logged step (which includes torch.compile)."""
+    logged = [r for r in map(json.loads, (scratch / "speedrun" / "metrics.jsonl").read_text().splitlines())
+              if "tokens_per_sec" in r][1:]
+    return {"tokens_per_sec": [r["tokens_per_sec"] for r in logged], "mfu": [r.get("mfu") for r in logged]}
 
 
 def main(argv=None):
@@ -126,6 +140,8 @@ def main(argv=None):
                 part.update(check_fsdp_smoke(scratch, output))
                 if not (part["ran_as_fsdp"] and part["sharded_checkpoint"]):
                     part["status"] = "failed (not FSDP, or no sharded checkpoint)"
+            if status == "ok" and name == "train_speedrun":
+                part.update(speedrun_throughput(scratch))
             report["parts"][name] = part
             print(f"{name:<14} {status:<20} {part['seconds']:7.1f} s", flush=True)
     out = RESULTS / f"gpu_suite_{slug}.json"
