@@ -1,5 +1,4 @@
 import configparser
-import json
 import os
 import subprocess
 import sys
@@ -117,7 +116,9 @@ def assert_same_run():
     def check(expected, got, steps):
         from safetensors.torch import load_file
 
-        want, have = ([json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()] for run in (expected, got))
+        from train_accelerate import MetricsLog
+
+        want, have = (MetricsLog(run / "metrics.jsonl").read() for run in (expected, got))
         assert [r["step"] for r in have] == list(range(1, steps + 1))
         for key in ("loss", "lr", "grad_norm", "val_loss", "samples"):
             assert [r.get(key) for r in have] == [r.get(key) for r in want], key

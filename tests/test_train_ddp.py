@@ -1,6 +1,5 @@
 """Distributed equivalence: 2 processes (DDP over gloo) x 1 micro-step == 1 process x 2 micro-steps."""
 
-import json
 import shutil
 import socket
 import subprocess
@@ -10,6 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+
+from train_accelerate import MetricsLog
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -76,7 +77,7 @@ def test_two_processes_equal_one_process_with_accumulation(root, recipe):
     assert ddp.returncode == 0, ddp.stderr[-3000:]
     assert "2 process(es) x 1 micro-step(s)" in ddp.stdout and "MULTI_CPU" in ddp.stdout
 
-    one, two = ([json.loads(line) for line in (root / name / "metrics.jsonl").read_text().splitlines()] for name in ("single", "ddp"))
+    one, two = (MetricsLog(root / name / "metrics.jsonl").read() for name in ("single", "ddp"))
     assert [r["step"] for r in two] == list(range(1, 7))  # one line per step, written by the main process only
     # Muon runs Newton-Schulz in bfloat16 (torch's choice) and normalises each matrix's update: the ~1e-7 round-off
     # between an all-reduced and an accumulated gradient flips bfloat16 roundings, and in the directions where a

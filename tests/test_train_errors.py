@@ -76,7 +76,7 @@ def run(trained, tmp_path):
 
 
 def steps_logged(out) -> list[int]:
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    rows = train_accelerate.MetricsLog(out / "metrics.jsonl").read()
     return [row["step"] for row in rows if "loss" in row]
 
 

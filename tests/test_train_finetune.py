@@ -16,6 +16,7 @@ import token_shards
 import train_accelerate as ta
 from eval import mean_loss
 from modeling_gpt import GPTForCausalLM
+from train_accelerate import MetricsLog
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -61,7 +62,7 @@ def test_finetuning_lowers_val_loss_and_brings_the_style(finetuned):
     pretrained = GPTForCausalLM.from_gpt2(finetuned / "gpt2")
     val = token_shards.ShardDataLoader(data, split="val", batch_size=8, seq_len=64, shuffle=False)
     before = mean_loss(pretrained, val, 4)
-    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    records = MetricsLog(run / "metrics.jsonl").read()
     evals = [r for r in records if "val_loss" in r]
     assert [r["step"] for r in evals] == [6, STEPS]
     assert before > 10 and evals[-1]["val_loss"] < before - 3 and evals[-1]["val_loss"] <= evals[0]["val_loss"]

@@ -16,6 +16,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from train_accelerate import MetricsLog
+
 REPO = Path(__file__).resolve().parents[1]
 ACCELERATE = shutil.which("accelerate", path=str(Path(sys.executable).parent)) or shutil.which("accelerate")
 STEPS, SAVE_AT = 30, 10
@@ -63,7 +65,7 @@ def run(cmd):
 
 
 def metrics(folder):
-    return [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    return MetricsLog(folder / "metrics.jsonl").read()
 
 
 @pytest.fixture(scope="module")

@@ -2,12 +2,13 @@
 an output folder that already holds a run are refused with a clear message."""
 
 import hashlib
-import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from train_accelerate import MetricsLog
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -70,7 +71,7 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(trained):
     # nothing was saved from the poisoned weights; the checkpoint resumes would pick is untouched
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_0000002", "step_0000004"]
     assert digest(step4) == before
-    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    records = MetricsLog(out / "metrics.jsonl").read()
     assert [r["step"] for r in records if "loss" in r] == [1, 2, 3, 4, 5]  # step 5 (the blow-up step) still had a finite loss
     assert records[4]["config_change"]["learning_rate"] == [1e-3, 1e30]
 

@@ -5,7 +5,6 @@ One thread: with several, compiled CPU kernels add the embedding gradient in a v
 to run), which no resume could reproduce.
 """
 
-import json
 import os
 import shutil
 import subprocess
@@ -15,6 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+
+from train_accelerate import MetricsLog
 
 REPO = Path(__file__).resolve().parents[1]
 STEPS = 8
@@ -50,7 +51,7 @@ def train(root, out, *extra):
 
 
 def metrics(folder):
-    return [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    return MetricsLog(folder / "metrics.jsonl").read()
 
 
 @pytest.fixture(scope="module")

@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
+from train_accelerate import MetricsLog
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 MINI = SHARED / "fineweb-edu-mini"
@@ -59,7 +61,7 @@ def command(setup, out, *extra):
 
 
 def metrics(out):
-    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return MetricsLog(out / "metrics.jsonl").read()
 
 
 # the faster recipe: Muon's momentum buffers and both optimizers' states must come back exactly too

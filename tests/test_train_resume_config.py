@@ -112,6 +112,6 @@ def test_resume_from_moved_data_and_an_allowed_change(trained):
 
     allowed = resume(trained, "allowed", "--max_steps", "6", "--allow_config_change")
     assert allowed.returncode == 0, allowed.stderr[-2000:]
-    records = [json.loads(line) for line in (trained / "allowed" / "metrics.jsonl").read_text().splitlines()]
+    records = ta.MetricsLog(trained / "allowed" / "metrics.jsonl").read()
     assert [r["step"] for r in records] == [1, 2, 2, 3, 4, 5, 6]
     assert records[2] == {"step": 2, "config_change": {"max_steps": [4, 6]}}

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from train_accelerate import MetricsLog
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -27,7 +29,7 @@ def test_tiny_recipe_tokenizes_trains_and_exports(tmp_path):
 
     manifest = json.loads((data / "manifest.json").read_text())
     assert manifest["vocab_size"] == 50257 and manifest["eot_id"] == 50256
-    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    records = MetricsLog(out / "metrics.jsonl").read()
     assert [r["step"] for r in records] == list(range(1, 25))
     assert all(r["tokens"] == 128 * r["step"] for r in records)
     first, last = records[0]["loss"], sum(r["loss"] for r in records[-5:]) / 5
