@@ -136,7 +136,8 @@ class GPTConfig(PretrainedConfig):
 
     def validate(self):
         """Our checks (ValueError naming the bad field and what is allowed), then transformers' own where the
-        installed release has them."""
+        installed release has them. Special token ids outside the vocabulary are left to transformers, which warns
+        (5.24) or accepts them (5.4), as it does for its own GPT2Config."""
         choices = {"norm": NORMS, "mlp": MLPS, "position_embedding": POSITION_EMBEDDINGS}
         for field, allowed in choices.items():
             if getattr(self, field) not in allowed:
@@ -165,13 +166,6 @@ class GPTConfig(PretrainedConfig):
             raise ValueError(f"layer_norm_epsilon={self.layer_norm_epsilon!r} must be > 0")
         if self.rope_theta <= 0:
             raise ValueError(f"rope_theta={self.rope_theta!r} must be > 0")
-        for field in ("bos_token_id", "eos_token_id", "pad_token_id"):
-            value = getattr(self, field)
-            for token_id in value if isinstance(value, (list, tuple)) else [value]:
-                if token_id is not None and not (isinstance(token_id, int) and 0 <= token_id < self.vocab_size):
-                    raise ValueError(
-                        f"{field}={value!r} is outside the vocabulary: use None or ids in [0, {self.vocab_size - 1}]"
-                    )
         base_validate = getattr(super(), "validate", None)
         if base_validate is not None:
             base_validate()

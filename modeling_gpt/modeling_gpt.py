@@ -3,6 +3,7 @@
 Shipped to the Hub as remote code: imports nothing but torch, transformers and its sibling config.
 """
 
+import copy
 import math
 from collections.abc import Callable
 
@@ -16,13 +17,25 @@ from transformers.masking_utils import create_causal_mask
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.utils import logging
 
 from .configuration_gpt import GPTConfig
+
+logger = logging.get_logger(__name__)
 
 # transformers 5.24 renamed the KV cache from `past_key_values` to `cache` (in forward, outputs and masks). This file
 # runs as remote code on whatever release a user has: it takes the cache under either name and passes it on under
 # the name of the installed release, so that no release sees a deprecated name or a cache it does not read.
 CACHE = "cache" if "cache" in BaseModelOutputWithPast.__dataclass_fields__ else "past_key_values"
+
+
+def accepts_old_cache_name(forward):
+    """On releases that renamed the cache, `past_key_values=` still works and warns, as transformers' own models do."""
+    if CACHE != "cache":
+        return forward
+    from transformers.utils.deprecation import deprecate_kwarg
+
+    return deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")(forward)
 
 
 def either_cache(cache, past_key_values):
@@ -108,7 +121,8 @@ class GPTAttention(nn.Module):
             self.q_norm = GPTRMSNorm(self.head_dim, config.layer_norm_epsilon)
             self.k_norm = GPTRMSNorm(self.head_dim, config.layer_norm_epsilon)
 
-    def forward(self, hidden_states, attention_mask=None, position_embeddings=None, cache=None, **kwargs):
+    def forward(self, hidden_states, attention_mask=None, position_embeddings=None, cache=None,
+                attn_implementation=None, **kwargs):
         B, T, C = hidden_states.shape
         q, k, v = self.c_attn(hidden_states).view(B, T, 3, self.config.n_head, self.head_dim).unbind(2)
         if self.config.qk_norm:  # before RoPE
@@ -120,7 +134,7 @@ class GPTAttention(nn.Module):
             k, v = cache.update(k, v, self.layer_idx)  # (B, nh, S, hs) with S = past + T
 
         attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
-            self.config._attn_implementation, eager_attention_forward
+            attn_implementation or self.config._attn_implementation, eager_attention_forward
         )
         y, att = attention_interface(
             self, q, k, v, attention_mask,
@@ -203,12 +217,13 @@ class GPTPreTrainedModel(PreTrainedModel):
             init.copy_(module.inv_freq, module.compute_inv_freq())
 
     def resize_token_embeddings(self, new_num_tokens=None, pad_to_multiple_of=None, mean_resizing=True):
-        """Resize to `new_num_tokens` real tokens; the stored rows stay padded (to `pad_to_multiple_of`, by default
-        the config's multiple), and `config.vocab_size` keeps counting the real tokens only."""
+        """Resize to `new_num_tokens` real tokens, as transformers' own models do: the embedding then has exactly
+        that many rows, or the next multiple of `pad_to_multiple_of` when given (the padded rows are never scored or
+        sampled). `config.vocab_size` counts the real tokens."""
         if new_num_tokens is None:
             return self.get_input_embeddings()
-        multiple = pad_to_multiple_of or self.config.pad_vocab_size_multiple
-        embeddings = super().resize_token_embeddings(new_num_tokens, multiple, mean_resizing)
+        multiple = pad_to_multiple_of or 1
+        embeddings = super().resize_token_embeddings(new_num_tokens, pad_to_multiple_of, mean_resizing)
         self.config.vocab_size, self.config.pad_vocab_size_multiple = new_num_tokens, multiple
         return embeddings
 
@@ -237,6 +252,38 @@ class GPTModel(GPTPreTrainedModel):
     def set_input_embeddings(self, new_embeddings):
         self.wte = new_embeddings
 
+    def attention_for_call(self, output_attentions: bool) -> str:
+        """The configured attention, or eager for a call that asks for the attention probabilities (which the fused
+        kernels never materialise): transformers' own models return none there; ours returns them, with a warning."""
+        implementation = self.config._attn_implementation
+        if output_attentions and implementation != "eager":
+            logger.warning_once(
+                f"`{implementation}` attention does not return attention probabilities: calls with "
+                "output_attentions=True run the eager attention instead (set_attn_implementation('eager') avoids this)"
+            )
+            return "eager"
+        return implementation
+
+    def check_positions(self, position_ids, past, length: int):
+        """Learned positions stop at n_positions. Without position_ids the row length (cache included) is checked, on
+        shapes only, which costs no GPU sync; given ones are checked by value on the CPU, and on an accelerator by the
+        embedding's own bounds check (reading them here would sync every step). A static cache, whose length is a
+        tensor, is sized by generate() and compiled: it is left to its own bounds."""
+        if self.config.position_embedding != "learned":
+            return
+        limit = self.config.n_positions
+        if position_ids is None:
+            if isinstance(past, int) and past + length > limit:
+                raise ValueError(
+                    f"{past + length} tokens (cache included) exceed the model's n_positions={limit}: shorten the "
+                    "input or max_new_tokens"
+                )
+        elif position_ids.device.type == "cpu" and not torch.compiler.is_compiling() and position_ids.numel():
+            highest = int(position_ids.max())
+            if highest >= limit:
+                raise ValueError(f"position id {highest} is past the model's n_positions={limit}: use ids in [0, {limit - 1}]")
+
+    @accepts_old_cache_name
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -256,11 +303,7 @@ class GPTModel(GPTPreTrainedModel):
         cache = either_cache(cache, past_key_values)
         output_attentions = self.config.output_attentions if output_attentions is None else output_attentions
         output_hidden_states = self.config.output_hidden_states if output_hidden_states is None else output_hidden_states
-        if output_attentions and self.config._attn_implementation != "eager":
-            raise ValueError(
-                f"output_attentions=True needs the eager attention, not {self.config._attn_implementation!r} (whose "
-                "kernels never materialise the probabilities): call model.set_attn_implementation('eager') first"
-            )
+        implementation = self.attention_for_call(output_attentions)
         if inputs_embeds is None:
             inputs_embeds = self.wte(input_ids)  # (B, T, C)
         if use_cache is None:  # a cache only helps inference: training never pays for one unless asked
@@ -270,19 +313,16 @@ class GPTModel(GPTPreTrainedModel):
         elif cache is None:
             cache = DynamicCache(config=self.config)
         past = cache.get_seq_length() if cache is not None else 0
-        # checked on shapes, not on position values: reading a tensor here would sync the GPU every step (and a
-        # static cache, whose length is a tensor, is sized by generate() and compiled: it is left to its own bounds)
-        if (self.config.position_embedding == "learned" and isinstance(past, int)
-                and past + inputs_embeds.shape[1] > self.config.n_positions):
-            raise ValueError(
-                f"{past + inputs_embeds.shape[1]} tokens (cache included) exceed the model's n_positions="
-                f"{self.config.n_positions}: shorten the input or max_new_tokens"
-            )
+        self.check_positions(position_ids, past, inputs_embeds.shape[1])
         if position_ids is None:
             position_ids = (torch.arange(inputs_embeds.shape[1], device=inputs_embeds.device) + past)[None]
 
+        mask_config = self.config
+        if implementation != self.config._attn_implementation:
+            mask_config = copy.copy(self.config)
+            mask_config._attn_implementation = implementation
         mask = create_causal_mask(
-            config=self.config, inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids,
+            config=mask_config, inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids,
             **{CACHE: cache},
         )
         x = inputs_embeds
@@ -295,7 +335,8 @@ class GPTModel(GPTPreTrainedModel):
         hidden_states, attentions = [], []
         for block in self.h:
             hidden_states.append(x)
-            x, att = block(x, attention_mask=mask, position_embeddings=position_embeddings, **{CACHE: cache}, **kwargs)
+            x, att = block(x, attention_mask=mask, position_embeddings=position_embeddings, **{CACHE: cache},
+                           attn_implementation=implementation, **kwargs)
             attentions.append(att)
         x = self.ln_f(x)
         hidden_states.append(x)  # the last entry is the final, normalised state, as in transformers' own models
@@ -324,6 +365,7 @@ class GPTForCausalLM(GPTPreTrainedModel, GenerationMixin):
     def set_output_embeddings(self, new_embeddings):
         self.lm_head = new_embeddings
 
+    @accepts_old_cache_name
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,

@@ -5,6 +5,8 @@ transformers' sdist ships tests/test_modeling_common.py without the tests/genera
 it imports, so the upstream mixin cannot run from it; these are our own tests of the same behaviour.
 """
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -50,15 +52,52 @@ def test_hidden_states_and_attentions_equal_the_native_model(preset):
     torch.testing.assert_close(ours.attentions[1].sum(-1), torch.ones(2, 4, 10))
 
 
-def test_attentions_need_eager_and_config_flags_work():
-    model = tiny()  # sdpa
+@pytest.mark.parametrize("preset", VARIANTS)
+def test_attentions_under_sdpa_come_from_eager_with_a_warning(preset, caplog):
+    """transformers' own models return no attentions under sdpa; ours computes that call eagerly (never raises)."""
+    model = tiny(preset)  # sdpa
     x = batch()
-    with pytest.raises(ValueError, match="output_attentions=True needs the eager attention, not 'sdpa'"):
-        model(x, output_attentions=True)
+    with torch.no_grad():
+        eager = tiny(preset)
+        eager.set_attn_implementation("eager")
+        expected = eager(x, output_attentions=True)
+        modeling.logger.warning_once.cache_clear()  # once per process: this test looks for it
+        with caplog.at_level("WARNING", logger="modeling_gpt.modeling_gpt"):
+            got = model(x, output_attentions=True)
+            as_tuple = model(x, output_attentions=True, return_dict=False)
+        assert model.config._attn_implementation == "sdpa"
+    assert "`sdpa` attention does not return attention probabilities" in caplog.text
+    assert len(got.attentions) == model.config.n_layer
+    for a, b in zip(got.attentions, expected.attentions):
+        torch.testing.assert_close(a, b, atol=ATOL, rtol=ATOL)
+    torch.testing.assert_close(got.logits, expected.logits, atol=ATOL, rtol=ATOL)
+    torch.testing.assert_close(as_tuple[-1], got.attentions)  # the tuple form carries the same attentions
+
+
+def test_config_flags_for_hidden_states():
+    model = tiny()
+    x = batch()
     with torch.no_grad():
         model.config.output_hidden_states = True
         assert len(model(x).hidden_states) == 3
         assert model(x, output_hidden_states=False).hidden_states is None
+
+
+@pytest.mark.parametrize("preset", VARIANTS)
+def test_the_old_cache_name_warns_and_still_works(preset):
+    if modeling.CACHE != "cache":
+        pytest.skip("the installed transformers names the cache `past_key_values` itself: nothing is deprecated")
+    model = tiny(preset)
+    x = batch()
+    with torch.no_grad():
+        prefill = model(x[:, :6], use_cache=True)
+        expected = model(x[:, 6:], cache=copy.deepcopy(prefill.cache)).logits
+        with pytest.warns(FutureWarning, match="`past_key_values` is deprecated .* Use `cache` instead"):
+            old = model(x[:, 6:], past_key_values=copy.deepcopy(prefill.cache))
+        with pytest.warns(FutureWarning, match="`past_key_values` is deprecated .* Use `cache` instead"):
+            base = model.transformer(x[:, 6:], past_key_values=copy.deepcopy(prefill.cache))
+    torch.testing.assert_close(old.logits, expected)
+    assert base.cache.get_seq_length() == 10
 
 
 @pytest.mark.parametrize("preset", VARIANTS)
@@ -87,8 +126,8 @@ def test_resize_token_embeddings_trains_and_reloads(tmp_path, preset, new_size):
     with torch.no_grad():
         before = model(x % new_size).logits[..., : min(new_size, VOCAB)]
     model.resize_token_embeddings(new_size)
-    assert model.config.vocab_size == new_size and model.config.padded_vocab_size % 64 == 0
-    assert model.transformer.wte.weight.shape[0] == model.config.padded_vocab_size >= new_size
+    assert model.config.vocab_size == model.config.padded_vocab_size == new_size
+    assert model.transformer.wte.weight.shape[0] == new_size  # exactly the rows asked for, as in transformers
     assert model.lm_head.weight is model.transformer.wte.weight
     x = x % new_size
     with torch.no_grad():
@@ -188,10 +227,66 @@ def test_loss_goes_through_the_lm_head_module():
     torch.testing.assert_close(out.loss, expected)
 
 
+@pytest.mark.parametrize("preset", VARIANTS)
+def test_resize_gives_the_rows_asked_for(preset):
+    """transformers' test_resize_tokens_embeddings / test_resize_embeddings_untied: rows == the size asked for."""
+    for tied in (True, False):
+        model = tiny(preset, tie_word_embeddings=tied)
+        assert model.transformer.wte.weight.shape[0] == 1024  # padded to a multiple of 64 at construction
+        model.resize_token_embeddings(VOCAB + 10)
+        assert model.transformer.wte.weight.shape[0] == model.lm_head.weight.shape[0] == VOCAB + 10
+        model.resize_token_embeddings(VOCAB - 15)
+        assert model.transformer.wte.weight.shape[0] == model.lm_head.weight.shape[0] == VOCAB - 15
+        model.resize_token_embeddings(VOCAB + 13, pad_to_multiple_of=64)
+        assert model.transformer.wte.weight.shape[0] == model.lm_head.weight.shape[0] == 1024
+        assert (model.config.vocab_size, model.config.padded_vocab_size) == (VOCAB + 13, 1024)
+        with torch.no_grad():
+            assert model(batch() % (VOCAB + 13)).logits.shape[-1] == VOCAB + 13
+
+
+@pytest.mark.parametrize("preset", VARIANTS)
+def test_defaults_that_miss_a_small_vocabulary_load_and_run(preset):
+    """bos/eos default to GPT-2's 50256; transformers warns (or accepts) such a config and so do we."""
+    config = GPTConfig.from_preset(preset, vocab_size=VOCAB, n_layer=2, n_embd=64, n_head=4, n_positions=128)
+    assert config.bos_token_id == config.eos_token_id == 50256
+    with torch.no_grad():
+        assert GPTForCausalLM(config).eval()(batch()).logits.shape == (2, 10, VOCAB)
+
+
+def test_a_small_gpt2_converts_with_equal_logits():
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=VOCAB, n_positions=64, n_embd=64, n_layer=2, n_head=4)).eval()
+    ours = GPTForCausalLM.from_gpt2(gpt2).eval()
+    assert ours.config.bos_token_id == 50256
+    x = batch()
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x).logits, gpt2(x).logits, atol=ATOL, rtol=ATOL)
+
+
+@pytest.mark.parametrize("attn", ["eager", "sdpa"])
+def test_packed_row_longer_than_n_positions_with_positions_inside(attn):
+    """transformers' test_*_padding_matches_padding_free_with_position_ids: the limit applies to the positions."""
+    model = tiny(n_positions=38)
+    model.set_attn_implementation(attn)
+    rows = [batch(1, n, seed=n) for n in (30, 25, 15)]
+    packed = torch.cat(rows, dim=1)  # 70 tokens, positions restart per sequence
+    position_ids = torch.cat([torch.arange(r.shape[1]) for r in rows])[None]
+    with torch.no_grad():
+        together = model(packed, position_ids=position_ids, use_cache=False).logits
+        start = 0
+        for r in rows:
+            torch.testing.assert_close(together[:, start : start + r.shape[1]], model(r).logits, atol=ATOL, rtol=ATOL)
+            start += r.shape[1]
+        with pytest.raises(ValueError, match=r"position id 38 is past the model's n_positions=38: use ids in \[0, 37\]"):
+            model(packed[:, :39], position_ids=torch.arange(39)[None])
+        with pytest.raises(ValueError, match="39 tokens .cache included. exceed the model's n_positions=38"):
+            model(packed[:, :39])
+
+
 def test_config_runs_transformers_validation_and_ours():
-    with pytest.raises(ValueError, match=r"eos_token_id=50256 is outside the vocabulary: use None or ids in \[0, 999\]"):
-        GPTConfig.from_preset("tiny", vocab_size=1000, bos_token_id=0)
-    with pytest.raises(ValueError, match=r"pad_token_id=\[3, 1000\] is outside"):
-        GPTConfig.from_preset("tiny", vocab_size=1000, bos_token_id=0, eos_token_id=0, pad_token_id=[3, 1000])
+    with pytest.raises(ValueError, match="n_embd=64 must be divisible by n_head=5"):
+        GPTConfig.from_preset("tiny", n_head=5)
     with pytest.raises(Exception, match="layer_types"):  # transformers' own validator, not replaced by ours
         GPTConfig.from_preset("tiny", layer_types=["bogus", "bogus"])
