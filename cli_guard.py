@@ -5,7 +5,8 @@
   with `--debug` or GPT_DEBUG=1. Under `accelerate launch` only the process of rank 0 prints it; the others
   exit quietly (0), so that the launcher neither stops rank 0 before it prints nor lists every process.
 - `FolderLock`: an flock on `FOLDER/.lock`, so that two runs never write one output folder; the kernel
-  drops it when its holder dies, so a killed run leaves no stale lock.
+  drops it when its holder dies, so a killed run leaves no stale lock. The lock file is never opened through a
+  symbolic or hard link.
 - `check_pickles`: the one weights-only path for the pickled metadata of torch.distributed.checkpoint
   folders (FSDP sharded checkpoints): anything but the plain metadata classes is refused, never run.
 - `check_safetensors`: a truncated weights file named as such; `nonfinite_weights`: the names of parameters
@@ -16,6 +17,7 @@ import errno
 import json
 import os
 import pickle
+import stat
 import sys
 import traceback
 from pathlib import Path
@@ -147,7 +149,7 @@ class FolderLock:
         import fcntl
 
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = self._open()
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -162,6 +164,25 @@ class FolderLock:
         self._fd = fd
         self.held.append(self)
         return self
+
+    def _open(self) -> int:
+        """The lock file, never through a link: a symlink, a hard link or anything but a plain file is refused, so
+        that the pid written into it can never land in a file outside the folder."""
+        refusal = (f"{self.path} is {{}}: a lock file is opened only as a plain file of its folder, never through a "
+                   "link; remove it and run the same command again")
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o644)
+        except OSError as err:
+            if err.errno in (errno.ELOOP, errno.EISDIR, errno.ENXIO):
+                kind = "a symbolic link" if self.path.is_symlink() else "not a plain file"
+                raise UserError(refusal.format(kind)) from None
+            raise
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
+            os.close(fd)
+            raise UserError(refusal.format("not a plain file" if not stat.S_ISREG(info.st_mode) else
+                                           f"a hard link ({info.st_nlink} names for one file)"))
+        return fd
 
     def release(self):
         if self._fd is not None:

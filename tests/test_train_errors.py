@@ -121,6 +121,26 @@ def test_a_second_run_into_a_locked_output_dir_is_refused_with_the_holders_pid(r
     assert steps_logged(run) == [1, 2, 3, 4, 5, 6]
 
 
+@pytest.mark.parametrize("make", ["symlink", "folder"])
+def test_a_lock_file_that_is_not_a_plain_file_is_refused_and_nothing_outside_is_written(run, data, tmp_path, refused,
+                                                                                      tree_digest, make):
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    (run / ".lock").unlink()
+    if make == "symlink":
+        (run / ".lock").symlink_to(victim)
+    else:
+        (run / ".lock").mkdir()
+    before = tree_digest(run)
+    line = refused(train_accelerate.main, argv(data, run, "--resume_from_checkpoint", "latest", "--max_steps", "6",
+                                               "--allow_config_change"))
+    kind = "a symbolic link" if make == "symlink" else "not a plain file"
+    assert line == (f"gpt-train: error: {run / '.lock'} is {kind}: a lock file is opened only as a plain file of its "
+                    "folder, never through a link; remove it and run the same command again")
+    assert victim.read_text() == "precious\n"
+    assert tree_digest(run) == before
+
+
 def test_a_finished_run_without_checkpoints_is_not_replaced_unasked(run, data, refused, tree_digest):
     shutil.rmtree(run / "checkpoints")
     before = tree_digest(run)
