@@ -442,8 +442,9 @@ class CheckpointManager:
     def remove_partial(self):
         """Delete what an interrupted save left behind."""
         if self.root.is_dir():
-            for child in [*self.root.glob(".tmp-step_*"), *self.root.glob(".step_*.old")]:
+            for child in self.root.glob(".tmp-step_*"):
                 shutil.rmtree(child, ignore_errors=True)
+            atomic_io.remove_leftovers(self.root)  # a step folder a killed commit was replacing
 
     def commit(self, step: int) -> Path:
         """Move a finished temporary folder into place (atomic rename), then prune old checkpoints."""
@@ -969,6 +970,7 @@ def start_up(argv=None) -> Run:
             atomic_io.remove(checkpoints.root)
             atomic_io.remove(output_dir / "final")
         checkpoints.remove_partial()
+        atomic_io.remove_leftovers(output_dir)  # a killed export's final/ or metrics.jsonl rewrite
         output_dir.mkdir(parents=True, exist_ok=True)
         metrics.truncate(start_step)  # a resumed run redoes the steps after its checkpoint
         if changes:
