@@ -12,6 +12,7 @@ from HF_TOKEN or `hf auth login`; this script never prints or writes it.
 import argparse
 import copy
 import json
+import os
 import shutil
 import sys
 import tempfile
@@ -596,20 +597,39 @@ def _plots(run_dir: Path | None) -> list[Path]:
     return sorted(p for p in found if not p.is_symlink() and not p.parent.is_symlink())
 
 
-RUN_MARKERS = ("metrics.jsonl", "checkpoints", "final", "trainer_state.json", "manifest.json", ".lock")
+EXPORT_MARKER = ".gpt-push-export.json"  # written last into every export, never uploaded: what --overwrite may replace
+
+
+def _export_files(folder: Path) -> list[str]:
+    """Every file or link under folder (relative, '/'-separated), the marker aside; links are listed, never followed."""
+    found = []
+    for root, dirs, files in os.walk(folder):
+        for name in [*files, *(d for d in dirs if (Path(root) / d).is_symlink())]:
+            found.append((Path(root) / name).relative_to(folder).as_posix())
+    return sorted(f for f in found if f != EXPORT_MARKER)
 
 
 def _check_replaceable(output_dir: Path, source: Source):
-    """--overwrite replaces an earlier export only: never a folder holding the input, a run or token shards."""
+    """--overwrite replaces an earlier export only, recognised by the marker gpt-push wrote into it, and only when
+    every file in it is one gpt-push wrote: never a folder holding the input, a run, a git clone or a user's files."""
     out = output_dir.resolve()
     inputs = [p.resolve() for p in (source.path, source.run_dir) if p is not None]
     if any(p == out or out in p.parents for p in inputs):
         raise ValueError(f"--output-dir {str(output_dir)!r} holds the checkpoint being published; --overwrite "
                          "would delete it: choose another --output-dir")
-    found = [name for name in RUN_MARKERS if (output_dir / name).exists()]
-    if found:
-        raise ValueError(f"--output-dir {str(output_dir)!r} is not an earlier gpt-push export (it holds {', '.join(found)}); "
-                         "--overwrite replaces only such a folder: choose another --output-dir")
+    marker = output_dir / EXPORT_MARKER
+    try:
+        written = json.loads(marker.read_text())["files"] if marker.is_file() and not marker.is_symlink() else None
+    except (OSError, ValueError, KeyError, TypeError):
+        written = None
+    if not isinstance(written, list):
+        raise ValueError(f"--output-dir {str(output_dir)!r} is not a gpt-push export (it has no {EXPORT_MARKER}); "
+                         "--overwrite replaces only a folder gpt-push wrote: choose another --output-dir")
+    others = [f for f in _export_files(output_dir) if f not in written]
+    if others:
+        raise ValueError(f"--output-dir {str(output_dir)!r} holds files gpt-push did not write ({', '.join(others[:5])}"
+                         f"{', ...' if len(others) > 5 else ''}); --overwrite deletes only what gpt-push made: move them "
+                         "away or choose another --output-dir")
 
 
 def export(source: Source, output_dir, repo_id: str, *, native=False, eval_results=None, license="mit",
@@ -646,6 +666,8 @@ def export(source: Source, output_dir, repo_id: str, *, native=False, eval_resul
         card = build_card(source, repo_id, native=native, entries=entries, samples=samples, plots=plots,
                           license=license, generation=gen.to_dict(), revision=revision)
         card.save(tmp / "README.md")
+        (tmp / EXPORT_MARKER).write_text(json.dumps({"format": "gpt-push-export", "repo_id": repo_id,
+                                                     "files": _export_files(tmp)}, indent=1) + "\n")
     return output_dir
 
 
@@ -661,7 +683,8 @@ def upload(folder, repo_id: str, *, private=False, revision=None, commit_message
     if revision:
         api.create_branch(repo_id, branch=revision, exist_ok=True)
     info = api.upload_folder(repo_id=repo_id, folder_path=str(folder), revision=revision,
-                             commit_message=commit_message or f"Upload {repo_id.split('/')[1]} with gpt-push")
+                             commit_message=commit_message or f"Upload {repo_id.split('/')[1]} with gpt-push",
+                             ignore_patterns=[EXPORT_MARKER])  # the marker is for --overwrite here, not for the Hub
     return info.commit_url
 
 
@@ -712,7 +735,7 @@ def _main(argv):
         folder = export(source, out, args.repo_id, native=args.native, eval_results=args.eval_results,
                         license=args.license, max_shard_size=args.max_shard_size, prompts=args.prompts,
                         seed=args.seed, revision=args.revision, overwrite=args.overwrite)
-        files = sorted(p for p in folder.rglob("*") if p.is_file())
+        files = [folder / f for f in _export_files(folder)]
         architecture = json.loads((folder / "config.json").read_text())["architectures"][0]
         print(f"exported {folder} ({architecture}{'' if args.native else ', remote code'}):")
         for f in files:

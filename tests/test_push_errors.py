@@ -107,25 +107,58 @@ def test_overwrite_never_deletes_the_run_that_holds_the_input(run, refused, tree
     assert tree_digest(run) == before
 
 
-def test_overwrite_never_deletes_another_run_or_token_shards(run, template, tmp_path, refused, tree_digest):
+def test_overwrite_never_deletes_a_folder_gpt_push_did_not_write(run, template, tmp_path, refused, tree_digest):
     other = tmp_path / "other-run"
     shutil.copytree(template, other)
     shards = tmp_path / "shards"
     shards.mkdir()
     (shards / "manifest.json").write_text("{}")
-    for folder, holds in ((other, "metrics.jsonl, checkpoints, final"), (shards, "manifest.json")):
+    thesis = tmp_path / "d"
+    (thesis / "figs").mkdir(parents=True)
+    (thesis / "thesis.tex").write_text("x\n")
+    clone = tmp_path / "clone"
+    (clone / ".git" / "objects").mkdir(parents=True)
+    (clone / ".git" / "HEAD").write_text("ref: refs/heads/main\n")
+    (clone / "train.py").write_text("print('mine')\n")
+    for folder in (other, shards, thesis, clone):
         before = tree_digest(folder)
         line = refused(push_to_hub.main, push(run / "final", "--output-dir", str(folder), "--overwrite"))
-        assert f"is not an earlier gpt-push export (it holds {holds})" in line
+        assert line == (f"gpt-push: error: --output-dir '{folder}' is not a gpt-push export (it has no "
+                        ".gpt-push-export.json); --overwrite replaces only a folder gpt-push wrote: choose another "
+                        "--output-dir")
         assert tree_digest(folder) == before
+    assert (thesis / "figs").is_dir() and (clone / ".git" / "objects").is_dir()
 
 
 def test_overwrite_replaces_an_earlier_export(run, tmp_path):
     out = tmp_path / "hub"
     push_to_hub.main(push(run / "final", "--output-dir", str(out)))
-    (out / "stale.txt").write_text("from before")
+    assert (out / "plots" / "loss.png").is_file()
+    (run / "loss.png").unlink()  # what the earlier export had and this one has not goes with it
     push_to_hub.main(push(run / "final", "--output-dir", str(out), "--overwrite"))
-    assert not (out / "stale.txt").exists() and (out / "model.safetensors").is_file()
+    assert not (out / "plots").exists() and (out / "model.safetensors").is_file()
+    assert "plots/loss.png" not in json.loads((out / ".gpt-push-export.json").read_text())["files"]
+
+
+def test_overwrite_never_deletes_a_users_file_put_into_an_export(run, tmp_path, refused, tree_digest):
+    out = tmp_path / "hub"
+    push_to_hub.main(push(run / "final", "--output-dir", str(out)))
+    (out / "notes.txt").write_text("mine")
+    before = tree_digest(out)
+    line = refused(push_to_hub.main, push(run / "final", "--output-dir", str(out), "--overwrite"))
+    assert line == (f"gpt-push: error: --output-dir '{out}' holds files gpt-push did not write (notes.txt); --overwrite "
+                    "deletes only what gpt-push made: move them away or choose another --output-dir")
+    assert tree_digest(out) == before
+
+
+def test_a_users_out_tmp_beside_the_output_survives(run, tmp_path, tree_digest):
+    keep = tmp_path / "OUT.tmp"
+    keep.mkdir()
+    (keep / "keep.txt").write_text("x\n")
+    before = tree_digest(keep)
+    push_to_hub.main(push(run / "final", "--output-dir", str(tmp_path / "OUT")))
+    assert tree_digest(keep) == before
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(("OUT", ".OUT"))) == ["OUT", "OUT.tmp"]
 
 
 def test_symlinks_in_the_run_folder_are_not_followed_into_the_upload(run, tmp_path):
