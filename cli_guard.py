@@ -11,6 +11,9 @@
   folders (FSDP sharded checkpoints): anything but the plain metadata classes is refused, never run.
 - `check_safetensors`: a truncated weights file named as such; `nonfinite_weights`: the names of parameters
   holding NaN or inf, checked before anything is saved or published.
+- `load_model` / `load_state_strictly`: the one strict way every tool loads weights (gpt-push, gpt-eval,
+  gpt-train --init_from): safetensors only (pickle weights are refused), no tensor missing, unexpected or of
+  another shape.
 """
 
 import errno
@@ -273,6 +276,63 @@ def check_safetensors(path):
                 pass
         except SafetensorError as err:
             raise UserError(f"{file} is damaged ({err}): copy it again or use another checkpoint") from None
+
+
+PICKLE_WEIGHTS = ("*.bin", "*.pt", "*.pth", "*.ckpt")
+
+
+def refuse_pickle_weights(folder, what: str):
+    """A model folder whose weights are only pickles (pytorch_model.bin, ...) is refused: pickles are never loaded."""
+    folder = Path(folder)
+    if any(folder.glob("*.safetensors")):
+        return
+    pickles = sorted({p.name for pattern in PICKLE_WEIGHTS for p in folder.glob(pattern)})
+    if pickles:
+        raise UserError(f"{what} {folder}: refused {', '.join(pickles)}: pickle weights are never loaded, only "
+                        "safetensors ones; use a folder holding model.safetensors")
+
+
+def _misfit(what: str, missing, unexpected, mismatched) -> str:
+    parts = [f"{kind} {', '.join(sorted(names)[:5])}{', ...' if len(names) > 5 else ''}"
+             for kind, names in (("missing", missing), ("unexpected", unexpected), ("of another shape", mismatched)) if names]
+    return (f"{what}: the weights do not fit the model ({'; '.join(parts)}): a missing tensor would be left random and "
+            "an unexpected one dropped, so nothing is loaded; use the whole checkpoint the model was saved with")
+
+
+def load_model(load, name, what: str, **kwargs):
+    """`load(name, **kwargs)` (a from_pretrained) strictly: safetensors weights only, each of the model's tensors
+    in the checkpoint with its shape, nothing else in it; else a UserError naming the tensors. Tied weights (the
+    head that is the embedding) are transformers' to fill, as always."""
+    import logging
+
+    if Path(name).is_dir():
+        refuse_pickle_weights(name, what)
+        check_safetensors(name)
+    report = logging.getLogger("transformers.modeling_utils")
+    level = report.level
+    report.setLevel(logging.ERROR)  # its load report would tell, as a table, what the refusal says in one line
+    try:
+        model, info = load(name, use_safetensors=True, output_loading_info=True, ignore_mismatched_sizes=True, **kwargs)
+    finally:
+        report.setLevel(level)
+    mismatched = [key for key, *_ in info["mismatched_keys"]]
+    if info["missing_keys"] or info["unexpected_keys"] or mismatched:
+        raise UserError(_misfit(f"{what} {name}", info["missing_keys"], info["unexpected_keys"], mismatched))
+    return model
+
+
+def load_state_strictly(model, state: dict, what: str):
+    """model.load_state_dict(state) for a checkpoint's tensors, refused in one line (naming the tensors) unless they
+    are exactly the model's: every one present with its shape, the tied head aside, nothing else."""
+    expected = model.state_dict()
+    tied = set(getattr(model, "all_tied_weights_keys", None) or {})  # targets that share their source's tensor
+    missing = set(expected) - set(state) - tied
+    unexpected = set(state) - set(expected)
+    mismatched = {k for k in set(state) & set(expected) if tuple(state[k].shape) != tuple(expected[k].shape)}
+    if missing or unexpected or mismatched:
+        raise UserError(_misfit(what, missing, unexpected, mismatched))
+    model.load_state_dict(state, strict=False)
+    return model
 
 
 def nonfinite_weights(named_tensors) -> list[str]:

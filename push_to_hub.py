@@ -26,8 +26,8 @@ from huggingface_hub.utils import validate_repo_id
 from transformers import GenerationConfig
 
 import atomic_io
-from cli_guard import (RunError, check_pickles, check_safetensors, jsonl_lines, load_weights_only, missing_local_folder,
-                       nonfinite_weights, run_cli)
+from cli_guard import (RunError, check_pickles, check_safetensors, jsonl_lines, load_model, load_state_strictly,
+                       load_weights_only, missing_local_folder, nonfinite_weights, refuse_pickle_weights, run_cli)
 from modeling_gpt import GPTConfig, GPTForCausalLM
 from modeling_gpt.convert import native_class_name
 from modeling_gpt.network import require_hub
@@ -227,25 +227,21 @@ def load_source(checkpoint, tokenizer=None) -> Source:
         raise ValueError(f"--checkpoint {str(path)!r} is not a folder: give a save_pretrained folder or a checkpoint step_XXXXXXX folder")
     run_dir = _find_run_dir(path.resolve())
     if (path / "config.json").is_file() and not (path / "trainer_state.json").is_file():
+        refuse_pickle_weights(path, "--checkpoint")
         if not any((path / name).is_file() for name in ("model.safetensors", "model.safetensors.index.json")):
             found = sorted(p.name for p in path.iterdir())
             raise ValueError(f"no model weights in {path}: expected model.safetensors or model.safetensors.index.json; found {found}")
         model_type = _read_json(path / "config.json").get("model_type")
         if model_type != GPTConfig.model_type:
             raise ValueError(f"{path}/config.json has model_type {model_type!r}; gpt-push publishes this project's 'gpt' models")
-        check_safetensors(path)  # a damaged file is named, not reported as a missing pytorch_model.bin
-        model = GPTForCausalLM.from_pretrained(path, dtype="auto")
+        model = load_model(GPTForCausalLM.from_pretrained, str(path), "--checkpoint", dtype="auto")
         state = _latest_trainer_state(run_dir)  # the run's checkpoints know the arguments, hardware and time
         max_step = None
     elif (path / "trainer_state.json").is_file():
         state = _read_json(path / "trainer_state.json")
         weights = _checkpoint_state_dict(path)
         config, origin = _checkpoint_config(path, state, run_dir)
-        model = GPTForCausalLM(config)
-        missing, unexpected = model.load_state_dict(weights, strict=False)
-        missing = [k for k in missing if not (config.tie_word_embeddings and k == "lm_head.weight")]
-        if missing or unexpected:
-            raise ValueError(f"the weights in {path} do not fit the config from {origin}: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        model = load_state_strictly(GPTForCausalLM(config), weights, f"--checkpoint {path} (config from {origin})")
         max_step = state.get("step")
     else:
         raise ValueError(

@@ -23,6 +23,7 @@ import sys
 import time
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field, fields
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Optional, Union, get_args, get_origin, get_type_hints
 
@@ -34,12 +35,12 @@ from accelerate import Accelerator, DistributedType
 from accelerate.utils import ProjectConfiguration, set_seed
 from tqdm.auto import tqdm
 from safetensors.torch import load_file
-from transformers import AutoConfig, GenerationConfig, HfArgumentParser
+from transformers import AutoConfig, GenerationConfig, GPT2LMHeadModel, HfArgumentParser
 
 import atomic_io
 import token_shards
-from cli_guard import (FolderLock, Interrupted, RunError, UserError, check_pickles, check_safetensors,
-                       load_weights_only, missing_local_folder, nonfinite_weights, run_cli)
+from cli_guard import (FolderLock, Interrupted, RunError, UserError, check_pickles, check_safetensors, load_model,
+                       load_state_strictly, load_weights_only, missing_local_folder, nonfinite_weights, run_cli)
 from eval import mean_loss, run_tasks
 from modeling_gpt import PRESETS, GPTConfig, GPTForCausalLM
 from modeling_gpt.flops import flops_per_token, peak_tflops
@@ -543,18 +544,19 @@ def load_pretrained(init_from: str, dropout: Optional[float]) -> GPTForCausalLM:
                               f"accelerate merge-weights {path / 'pytorch_model_fsdp_0'} <folder>, or use the run's final/")
         config = json.loads((path / "trainer_state.json").read_text())["model_config"]
         model = GPTForCausalLM(GPTConfig.from_dict({**config, **({} if dropout is None else {"dropout": dropout})}))
-        missing, unexpected = model.load_state_dict(load_file(path / "model.safetensors"), strict=False)
-        if unexpected or set(missing) - set(model._tied_weights_keys):
-            raise ConfigError(f"init_from={init_from!r}: weights do not match its model_config "
-                              f"(missing {sorted(missing)}, unexpected {sorted(unexpected)})")
-        return model
-    config = load_local_or_hub(AutoConfig.from_pretrained, init_from, "init_from",
-                               "give the folder of a saved model instead of a Hub id")
+        check_safetensors(path)
+        return load_state_strictly(model, load_file(path / "model.safetensors"), f"init_from {init_from}")
+    fix = "give the folder of a saved model instead of a Hub id"
+    config = load_local_or_hub(AutoConfig.from_pretrained, init_from, "init_from", fix)
     if config.model_type == "gpt2":
         kwargs = {} if dropout is None else dict(resid_pdrop=dropout, embd_pdrop=dropout, attn_pdrop=dropout)
-        return GPTForCausalLM.from_gpt2(init_from, **kwargs)
+        native = load_local_or_hub(partial(load_model, GPT2LMHeadModel.from_pretrained, what="init_from", **kwargs),
+                                   init_from, "init_from", fix)
+        return GPTForCausalLM.from_gpt2(native)
     if config.model_type == GPTConfig.model_type:
-        return GPTForCausalLM.from_pretrained(init_from, **({} if dropout is None else {"dropout": dropout}))
+        kwargs = {} if dropout is None else {"dropout": dropout}
+        return load_local_or_hub(partial(load_model, GPTForCausalLM.from_pretrained, what="init_from", **kwargs),
+                                 init_from, "init_from", fix)
     raise ConfigError(f"init_from={init_from!r} is a {config.model_type!r} model; use our GPT or GPT-2")
 
 

@@ -188,6 +188,43 @@ def test_non_finite_weights_are_not_exported(run, tmp_path, refused):
     assert not (tmp_path / "hub").exists()
 
 
+MISFIT = ("the weights do not fit the model ({}): a missing tensor would be left random and an unexpected one dropped, "
+          "so nothing is loaded; use the whole checkpoint the model was saved with")
+
+
+def drop_tensor(folder, name="transformer.h.0.attn.c_attn.weight", extra=None):
+    """Remove one tensor from folder/model.safetensors (and add `extra`), as a damaged or foreign file would."""
+    from safetensors.torch import load_file, save_file
+
+    weights = load_file(folder / "model.safetensors")
+    del weights[name]
+    if extra:
+        weights[extra] = torch.zeros(3)
+    save_file(weights, folder / "model.safetensors", metadata={"format": "pt"})
+
+
+@pytest.mark.parametrize("kind", ["final", "checkpoint"])
+def test_a_missing_or_unexpected_tensor_is_refused_naming_it(run, tmp_path, refused, kind):
+    folder = run / "final" if kind == "final" else run / "checkpoints" / "step_0000004"
+    drop_tensor(folder, extra="transformer.h.9.extra")
+    line = refused(push_to_hub.main, push(folder, "--output-dir", str(tmp_path / "hub")))
+    what = f"--checkpoint {folder}" + ("" if kind == "final" else " (config from trainer_state.json)")
+    assert line == f"gpt-push: error: {what}: " + MISFIT.format(
+        "missing transformer.h.0.attn.c_attn.weight; unexpected transformer.h.9.extra")
+    assert not (tmp_path / "hub").exists()
+
+
+def test_pickle_weights_are_refused_without_advice_to_unpickle_them(run, tmp_path, refused, capsys):
+    final = run / "final"
+    (final / "model.safetensors").unlink()
+    marker = tmp_path / "code-ran"
+    torch.save({"transformer.wte.weight": RunsCode(marker)}, final / "pytorch_model.bin")
+    line = refused(push_to_hub.main, push(final, "--output-dir", str(tmp_path / "hub")))
+    assert line == (f"gpt-push: error: --checkpoint {final}: refused pytorch_model.bin: pickle weights are never loaded, "
+                    "only safetensors ones; use a folder holding model.safetensors")
+    assert not marker.exists() and not (tmp_path / "hub").exists()
+
+
 @pytest.mark.parametrize("damage, message", [
     ("truncated_weights", "model.safetensors"),
     ("bad_trainer_state", "trainer_state.json is not valid JSON"),

@@ -94,6 +94,49 @@ def test_init_from_a_folder_that_does_not_exist_is_named(data, tmp_path, refused
                     "or a Hub id")
 
 
+class RunsCode:
+    """Unpickling this creates a folder: the proof that a pickle ran code."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return os.mkdir, (self.marker,)
+
+
+@pytest.mark.parametrize("source", ["final", "checkpoint"])
+def test_init_from_weights_with_a_missing_or_unexpected_tensor_is_refused_naming_it(run, data, tmp_path, refused, source):
+    from safetensors.torch import load_file, save_file
+
+    folder = run / "final" if source == "final" else run / "checkpoints" / "step_0000004"
+    weights = load_file(folder / "model.safetensors")
+    del weights["transformer.h.0.attn.c_attn.weight"]
+    weights["transformer.h.9.extra"] = torch.zeros(3)
+    save_file(weights, folder / "model.safetensors", metadata={"format": "pt"})
+    line = refused(train_accelerate.main, argv(data, tmp_path / "out", "--init_from", str(folder)))
+    assert line == (f"gpt-train: error: init_from {folder}: the weights do not fit the model (missing "
+                    "transformer.h.0.attn.c_attn.weight; unexpected transformer.h.9.extra): a missing tensor would be "
+                    "left random and an unexpected one dropped, so nothing is loaded; use the whole checkpoint the model "
+                    "was saved with")
+    assert not (tmp_path / "out" / "checkpoints").exists()
+
+
+def test_init_from_pickle_weights_is_refused_without_advice_to_unpickle_them(run, data, tmp_path, capsys):
+    final = run / "final"
+    (final / "model.safetensors").unlink()
+    marker = tmp_path / "code-ran"
+    torch.save({"transformer.wte.weight": RunsCode(marker)}, final / "pytorch_model.bin")
+    with pytest.raises(SystemExit) as info:
+        train_accelerate.main(argv(data, tmp_path / "out", "--init_from", str(final)))
+    err = capsys.readouterr().err
+    assert info.value.code == 2
+    assert err.strip().splitlines()[-1] == (f"gpt-train: error: init_from {final}: refused pytorch_model.bin: pickle "
+                                            "weights are never loaded, only safetensors ones; use a folder holding "
+                                            "model.safetensors")
+    assert "weights_only" not in err and "Traceback" not in err
+    assert not marker.exists()
+
+
 HOLD_LOCK = """
 import sys, time
 from cli_guard import FolderLock
