@@ -39,6 +39,7 @@ CONFIG_KEYS = ("architectures", "auto_map", "model_type", "transformers_version"
 # what `accelerate save_state` names the first model's weights: plain/DDP, FSDP full and FSDP sharded state dicts
 ACCELERATE_WEIGHTS = ("model.safetensors", "pytorch_model_fsdp.bin", "pytorch_model_fsdp_0")
 MODEL_OVERRIDES = ("n_layer", "n_head", "n_embd", "n_inner", "n_positions", "dropout", "rope_theta")  # training args
+FINAL_RECORD = "training_record.json"  # what train_accelerate.py writes into final/ together with the weights
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DDP and torch.compile prefixes in a wrapped model's state dict
 
 
@@ -85,11 +86,14 @@ def _find_run_dir(path: Path) -> Path | None:
     return None
 
 
-def _latest_trainer_state(run_dir: Path | None) -> dict:
-    if run_dir is None:
-        return {}
-    states = sorted((run_dir / "checkpoints").glob("step_*/trainer_state.json"))
-    return _read_json(states[-1]) if states else {}
+def _final_record(folder: Path) -> dict:
+    """The record the trainer wrote into final/ with its weights (step, tokens, time, hardware, settings): the facts
+    of these weights, never of a newer checkpoint or a run still going. {} for a folder without one."""
+    path = folder / FINAL_RECORD
+    record = _read_json(path) if path.is_file() else {}
+    if not isinstance(record, dict):
+        raise ValueError(f"{path} is not the trainer's record of the exported run (a JSON object): export again")
+    return record
 
 
 def _read_metrics(run_dir: Path | None, max_step: int | None) -> list[dict]:
@@ -235,8 +239,8 @@ def load_source(checkpoint, tokenizer=None) -> Source:
         if model_type != GPTConfig.model_type:
             raise ValueError(f"{path}/config.json has model_type {model_type!r}; gpt-push publishes this project's 'gpt' models")
         model = load_model(GPTForCausalLM.from_pretrained, str(path), "--checkpoint", dtype="auto")
-        state = _latest_trainer_state(run_dir)  # the run's checkpoints know the arguments, hardware and time
-        max_step = None
+        state = _final_record(path)
+        max_step = state.get("step")
     elif (path / "trainer_state.json").is_file():
         state = _read_json(path / "trainer_state.json")
         weights = _checkpoint_state_dict(path)
@@ -251,7 +255,8 @@ def load_source(checkpoint, tokenizer=None) -> Source:
     model.eval()
     tok = _load_tokenizer(path, tokenizer, state, run_dir)
     _check_tokenizer(tok, model.config, state)
-    return Source(model, tok, run_dir, state, _read_metrics(run_dir, max_step), _data_source(state, run_dir), path)
+    metrics = _read_metrics(run_dir, max_step) if state else []  # no record: which rows describe these weights is unknown
+    return Source(model, tok, run_dir, state, metrics, _data_source(state, run_dir), path)
 
 
 # ----------------------------------------------------------------------------- the model card

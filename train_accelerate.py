@@ -612,8 +612,12 @@ def writing(what: Path, then: str):
                        f"then {then}") from None
 
 
-def export_final(accelerator: Accelerator, model, tokenizer, output_dir: Path):
-    """output_dir/final: a Hugging Face folder (weights, config, code, tokenizer, generation config)."""
+FINAL_RECORD = "training_record.json"  # gpt-push reads the card's facts from it
+
+
+def export_final(accelerator: Accelerator, model, tokenizer, output_dir: Path, facts: dict):
+    """output_dir/final: a Hugging Face folder (weights, config, code, tokenizer, generation config) and `facts`, the
+    run as these weights left it (FINAL_RECORD), written in the same atomic step."""
     state_dict = accelerator.get_state_dict(model)  # gathers FSDP shards on the main process
     final = output_dir / "final"
     if accelerator.is_main_process:
@@ -633,6 +637,7 @@ def export_final(accelerator: Accelerator, model, tokenizer, output_dir: Path):
                 do_sample=True, top_k=50, temperature=1.0, max_new_tokens=128,
                 bos_token_id=eot, eos_token_id=eot, pad_token_id=eot,
             ).save_pretrained(tmp)
+            (tmp / FINAL_RECORD).write_text(json.dumps(facts, indent=2))
     accelerator.wait_for_everyone()
     return final
 
@@ -1119,6 +1124,18 @@ def check_weights_finite(run: Run, step: int):
         )
 
 
+def run_facts(run: Run, step: int) -> dict:
+    """The run after `step`: what a checkpoint's trainer_state.json and final/'s record say of it."""
+    args = run.args
+    return dict(
+        step=step, tokens=step * args.total_batch_tokens, world_size=run.accelerator.num_processes,
+        total_batch_tokens=args.total_batch_tokens, seq_len=args.seq_len,
+        elapsed_seconds=run.elapsed_before + time.perf_counter() - run.clock_start, hardware=run.hardware,
+        tokenizer_hash=token_shards.tokenizer_hash(run.tokenizer), model_config=run.eval_model.config.to_dict(),
+        config=run.settings, data=run.data,
+    )
+
+
 def maybe_save(run: Run, step: int):
     """Checkpoint after `step` when one is due: accelerate's state plus trainer_state.json, written last."""
     args, accelerator = run.args, run.accelerator
@@ -1131,13 +1148,7 @@ def maybe_save(run: Run, step: int):
             accelerator.save_state(str(tmp))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        state = dict(
-            step=step, tokens=step * args.total_batch_tokens, world_size=accelerator.num_processes,
-            total_batch_tokens=args.total_batch_tokens, seq_len=args.seq_len,
-            elapsed_seconds=run.elapsed_before + time.perf_counter() - run.clock_start, hardware=run.hardware,
-            tokenizer_hash=token_shards.tokenizer_hash(run.tokenizer), train_loader=run.train_loader.state_dict(),
-            model_config=run.eval_model.config.to_dict(), config=run.settings, data=run.data,
-        )
+        state = dict(run_facts(run, step), train_loader=run.train_loader.state_dict())
         # written last: a folder without it is never picked by a resume
         (tmp / "trainer_state.json").write_text(json.dumps(state, indent=2))
         run.checkpoints.commit(step)
@@ -1186,7 +1197,8 @@ def train(argv=None):
     finally:
         progress.close()
 
-    export_final(run.accelerator, run.model, run.tokenizer, Path(args.output_dir))
+    facts = run_facts(run, max(run.start_step, args.max_steps))
+    export_final(run.accelerator, run.model, run.tokenizer, Path(args.output_dir), facts)
     run.accelerator.print(f"done: {args.max_steps} steps; Hugging Face folder in {final}")
     run.accelerator.end_training()
 

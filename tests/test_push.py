@@ -79,6 +79,7 @@ def run(tmp_path_factory):
     (root / "checkpoints" / "step_0000060").mkdir(parents=True)
     state = dict(step=60, tokens=60 * 8192, world_size=2, total_batch_tokens=8192, seq_len=256)
     (root / "checkpoints" / "step_0000060" / "trainer_state.json").write_text(json.dumps(state))
+    (root / "final" / "training_record.json").write_text(json.dumps(state))  # the trainer's record of final/
     save_results(EVAL, root / "eval_results.json", model_name="tiny", scoring="harness")
     (root / "loss.png").write_bytes(b"\x89PNG\r\n\x1a\n not really an image")
     return dict(root=root, model=model, tokenizer=tokenizer)

@@ -176,6 +176,29 @@ def test_symlinks_in_the_run_folder_are_not_followed_into_the_upload(run, tmp_pa
     assert "0.99" not in (out / "README.md").read_text()
 
 
+def test_the_card_describes_the_exported_weights_not_the_newest_checkpoint(run, tmp_path):
+    """final/ was exported at step 4; the run went on (or was interrupted exporting step 6): the card says step 4."""
+    (run / "final" / "training_record.json").write_text(json.dumps({"step": 4, "tokens": 1024}))
+    newer = run / "checkpoints" / "step_0000006"
+    shutil.copytree(run / "checkpoints" / "step_0000004", newer)
+    (newer / "trainer_state.json").write_text(json.dumps({"step": 6, "tokens": 1536, "elapsed_seconds": 7200}))
+    with open(run / "metrics.jsonl", "a") as f:
+        f.write("".join(json.dumps({"step": s, "loss": 5.0 / s, "tokens": 256 * s}) + "\n" for s in (5, 6)))
+    out = tmp_path / "hub"
+    push_to_hub.main(push(run / "final", "--output-dir", str(out)))
+    card = (out / "README.md").read_text()
+    assert "| Optimizer steps | 4 |" in card and "| Tokens seen | 1,024 (1.02K) |" in card
+    assert "| Final training loss | 1.2500 |" in card  # metrics.jsonl's row of step 4
+    assert "Training time" not in card  # step 6's elapsed time is not these weights'
+
+
+def test_without_the_trainers_record_the_card_claims_no_run_facts(run, tmp_path):
+    out = tmp_path / "hub"
+    push_to_hub.main(push(run / "final", "--output-dir", str(out)))
+    card = (out / "README.md").read_text()
+    assert "Optimizer steps" not in card and "Tokens seen" not in card and "| Hardware | not recorded |" in card
+
+
 def test_non_finite_weights_are_not_exported(run, tmp_path, refused):
     from safetensors.torch import load_file, save_file
 

@@ -327,6 +327,32 @@ def test_a_full_disk_during_the_export_keeps_the_checkpoints_and_the_same_comman
     assert tree_digest(out / "checkpoints") == checkpoints
 
 
+def test_final_carries_its_own_record_and_gpt_push_reads_it_not_the_newest_checkpoint(run, data, tmp_path, monkeypatch,
+                                                                                        refused):
+    """A resume to step 6 whose export fails: final/ still holds step 4's weights, the newest checkpoint is step 6,
+    and the card says 4."""
+    import errno
+
+    import push_to_hub
+    from modeling_gpt import GPTForCausalLM
+
+    record = json.loads((run / "final" / "training_record.json").read_text())
+    assert (record["step"], record["tokens"], record["total_batch_tokens"]) == (4, 256, 64)
+
+    def no_space(self, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(GPTForCausalLM, "save_pretrained", no_space)
+    refused(train_accelerate.main, argv(data, run, "--resume_from_checkpoint", "latest", "--max_steps", "6",
+                                        "--allow_config_change"), code=1)
+    monkeypatch.undo()
+    assert train_accelerate.CheckpointManager(run / "checkpoints").latest().name == "step_0000006"
+    push_to_hub.main(["--checkpoint", str(run / "final"), "--repo-id", "me/tiny", "--dry-run", "--prompts",
+                      "--output-dir", str(tmp_path / "hub")])
+    card = (tmp_path / "hub" / "README.md").read_text()
+    assert "| Optimizer steps | 4 |" in card and "| Tokens seen | 256 (256) |" in card
+
+
 def test_weights_that_turn_non_finite_are_never_saved(tmp_path):
     from accelerate import Accelerator
 
