@@ -4,6 +4,7 @@
   non-zero exit (2: bad input, 1: a run that could not finish, 130: Ctrl-C); the traceback is shown only
   with `--debug` or GPT_DEBUG=1. Under `accelerate launch` only the process of rank 0 prints it; the others
   exit quietly (0), so that the launcher neither stops rank 0 before it prints nor lists every process.
+- `writing`: a write that fails (a full disk) ends in one line that says what could not be written and how to go on.
 - `FolderLock`: an flock on `FOLDER/.lock`, so that two runs never write one output folder; the kernel
   drops it when its holder dies, so a killed run leaves no stale lock. The lock file is never opened through a
   symbolic or hard link.
@@ -23,6 +24,7 @@ import pickle
 import stat
 import sys
 import traceback
+from contextlib import contextmanager
 from pathlib import Path
 
 DEBUG_ENV = "GPT_DEBUG"
@@ -104,6 +106,18 @@ def run_cli(prog: str, main, argv=None, interrupted: str = "interrupted (Ctrl-C)
     if text is not None:
         print(f"{prog}: error: {text}", file=sys.stderr, flush=True)
     sys.exit(code)
+
+
+@contextmanager
+def writing(what, then: str):
+    """A write that fails for lack of space (or any I/O error) ends the command with one line saying how to go on."""
+    from safetensors import SafetensorError
+
+    try:
+        yield
+    except (OSError, RuntimeError, SafetensorError) as err:  # torch.save reports a full disk as "unexpected pos ..."
+        raise RunError(f"could not write {what} ({' '.join(str(err).split())[:200]}); is the disk full? Free space, "
+                       f"then {then}") from None
 
 
 def _peer_failed(err: BaseException) -> bool:

@@ -27,7 +27,8 @@ from transformers import GenerationConfig
 
 import atomic_io
 from cli_guard import (RunError, check_pickles, check_safetensors, jsonl_lines, load_model, load_state_strictly,
-                       load_weights_only, missing_local_folder, nonfinite_weights, refuse_pickle_weights, run_cli)
+                       load_weights_only, missing_local_folder, nonfinite_weights, refuse_pickle_weights, run_cli,
+                       writing)
 from modeling_gpt import GPTConfig, GPTForCausalLM
 from modeling_gpt.convert import native_class_name
 from modeling_gpt.network import require_hub
@@ -656,7 +657,8 @@ def export(source: Source, output_dir, repo_id: str, *, native=False, eval_resul
     entries = read_eval_entries(_eval_files(source.run_dir) if eval_results is None else eval_results)
     samples = sample_completions(model, tokenizer, gen, prompts, seed=seed) if prompts else []
 
-    with atomic_io.atomic_path(output_dir) as tmp:
+    # a failed write (a full disk) leaves nothing: the folder is built beside output_dir and removed on failure
+    with writing(output_dir, "run the same command again"), atomic_io.atomic_path(output_dir) as tmp:
         published.save_pretrained(tmp, max_shard_size=max_shard_size)
         tokenizer.save_pretrained(tmp)
         plots = []

@@ -40,7 +40,8 @@ from transformers import AutoConfig, GenerationConfig, GPT2LMHeadModel, HfArgume
 import atomic_io
 import token_shards
 from cli_guard import (FolderLock, Interrupted, RunError, UserError, check_pickles, check_safetensors, load_model,
-                       load_state_strictly, load_weights_only, missing_local_folder, nonfinite_weights, run_cli)
+                       load_state_strictly, load_weights_only, missing_local_folder, nonfinite_weights, run_cli,
+                       writing)
 from eval import mean_loss, run_tasks
 from modeling_gpt import PRESETS, GPTConfig, GPTForCausalLM
 from modeling_gpt.flops import flops_per_token, peak_tflops
@@ -598,18 +599,6 @@ def _tensorboard_installed() -> bool:
     from accelerate.utils import is_tensorboard_available
 
     return is_tensorboard_available()
-
-
-@contextmanager
-def writing(what: Path, then: str):
-    """A write that fails for lack of space (or any I/O error) ends the run with one line saying how to go on."""
-    from safetensors import SafetensorError
-
-    try:
-        yield
-    except (OSError, RuntimeError, SafetensorError) as err:  # torch.save reports a full disk as "unexpected pos ..."
-        raise RunError(f"could not write {what} ({' '.join(str(err).split())[:200]}); is the disk full? Free space, "
-                       f"then {then}") from None
 
 
 FINAL_RECORD = "training_record.json"  # gpt-push reads the card's facts from it

@@ -199,6 +199,34 @@ def test_without_the_trainers_record_the_card_claims_no_run_facts(run, tmp_path)
     assert "Optimizer steps" not in card and "Tokens seen" not in card and "| Hardware | not recorded |" in card
 
 
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_a_full_disk_during_the_export_is_one_line_and_leaves_nothing_half_written(run, tmp_path, monkeypatch, refused,
+                                                                                   tree_digest, overwrite):
+    import transformers.modeling_utils
+    from safetensors import SafetensorError
+
+    out = tmp_path / "exports" / "hub"
+    if overwrite:  # an earlier export stays whole
+        push_to_hub.main(push(run / "final", "--output-dir", str(out)))
+    before = tree_digest(tmp_path / "exports") if overwrite else {}
+
+    def disk_full(tensors, filename, metadata=None):
+        with open(filename, "wb") as f:
+            f.write(b"half a")
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    monkeypatch.setattr(transformers.modeling_utils, "safe_save_file", disk_full)
+    line = refused(push_to_hub.main, push(run / "final", "--output-dir", str(out), *(["--overwrite"] if overwrite else [])),
+                   code=1)
+    assert line == (f"gpt-push: error: could not write {out} (Error while serializing: I/O error: No space left on device "
+                    "(os error 28)); is the disk full? Free space, then run the same command again")
+    if overwrite:
+        assert tree_digest(tmp_path / "exports") == before
+        assert sorted(p.name for p in (tmp_path / "exports").iterdir()) == ["hub"]
+    else:
+        assert not (tmp_path / "exports").exists() or not any((tmp_path / "exports").iterdir())
+
+
 def test_non_finite_weights_are_not_exported(run, tmp_path, refused):
     from safetensors.torch import load_file, save_file
 
