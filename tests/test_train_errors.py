@@ -353,6 +353,28 @@ def test_final_carries_its_own_record_and_gpt_push_reads_it_not_the_newest_check
     assert "| Optimizer steps | 4 |" in card and "| Tokens seen | 256 (256) |" in card
 
 
+def test_a_verified_shard_altered_with_its_mtime_restored_is_caught_on_resume(data, tmp_path, refused):
+    shards = tmp_path / "shards"
+    shutil.copytree(data / "shards", shards)
+    out = tmp_path / "out"
+    train_accelerate.main(argv(data, out, "--data_dir", str(shards), "--max_steps", "2"))  # verified and recorded
+    manifest = json.loads((shards / "manifest.json").read_text())
+    shard = shards / next(s["file"] for s in manifest["shards"] if s["split"] == "train")
+    before = os.stat(shard)
+    with open(shard, "r+b") as f:  # one byte, in place: same size, same inode
+        f.seek(100)
+        byte = f.read(1)
+        f.seek(100)
+        f.write(bytes([byte[0] ^ 1]))
+    os.utime(shard, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert os.stat(shard).st_mtime_ns == before.st_mtime_ns
+    line = refused(train_accelerate.main, argv(data, out, "--data_dir", str(shards), "--max_steps", "4",
+                                               "--resume_from_checkpoint", "latest", "--allow_config_change"))
+    assert line.startswith(f"gpt-train: error: shard {shard} is corrupt: sha256 ")
+    assert line.endswith(f"does not match {next(s['sha256'] for s in manifest['shards'] if s['file'] == shard.name)} in "
+                         f"{shards / 'manifest.json'}")
+
+
 def test_weights_that_turn_non_finite_are_never_saved(tmp_path):
     from accelerate import Accelerator
 
