@@ -102,24 +102,12 @@ def test_a_missing_or_unexpected_tensor_is_refused_naming_it(model_dir, tmp_path
                     "dropped, so nothing is loaded; use the whole checkpoint the model was saved with")
 
 
-class RunsCode:
-    """Unpickling this creates a folder: the proof that a pickle ran code."""
-
-    def __init__(self, marker):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        import os
-
-        return os.mkdir, (self.marker,)
-
-
-def test_pickle_weights_are_refused_without_advice_to_unpickle_them(model_dir, tmp_path, capsys):
+def test_pickle_weights_are_refused_without_advice_to_unpickle_them(model_dir, tmp_path, capsys, runs_code):
     import torch
 
     shutil.copytree(model_dir, tmp_path / "m", ignore=shutil.ignore_patterns("*.safetensors"))
     marker = tmp_path / "code-ran"
-    torch.save({"transformer.wte.weight": RunsCode(marker)}, tmp_path / "m" / "pytorch_model.bin")
+    torch.save({"transformer.wte.weight": runs_code(marker)}, tmp_path / "m" / "pytorch_model.bin")
     with pytest.raises(SystemExit) as info:
         main(["--model", str(tmp_path / "m"), "--data-dir", str(DATA), "--limit", "1"])
     err = capsys.readouterr().err

@@ -2,7 +2,6 @@
 and every refusal is one line `gpt-push: error: ...` with a non-zero exit and no traceback."""
 
 import json
-import os
 import pickle
 import shutil
 
@@ -65,32 +64,22 @@ def push(checkpoint, *extra):
     return ["--checkpoint", str(checkpoint), "--repo-id", "me/tiny", "--dry-run", "--prompts", *extra]
 
 
-class RunsCode:
-    """Unpickling this creates a folder: the proof that a pickle ran code."""
-
-    def __init__(self, marker):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return os.mkdir, (self.marker,)
-
-
-def test_crafted_fsdp_metadata_is_refused_and_never_run(run, tmp_path, refused):
+def test_crafted_fsdp_metadata_is_refused_and_never_run(run, tmp_path, refused, runs_code):
     step = run / "checkpoints" / "step_0000004"
     (step / "model.safetensors").unlink()
     (step / "pytorch_model_fsdp_0").mkdir()
     marker = tmp_path / "code-ran"
-    (step / "pytorch_model_fsdp_0" / ".metadata").write_bytes(pickle.dumps(RunsCode(marker)))
+    (step / "pytorch_model_fsdp_0" / ".metadata").write_bytes(pickle.dumps(runs_code(marker)))
     line = refused(push_to_hub.main, push(step))
     assert f"refused {step / 'pytorch_model_fsdp_0' / '.metadata'}" in line and "posix.mkdir" in line
     assert not marker.exists()
 
 
-def test_crafted_fsdp_full_state_dict_is_refused_and_never_run(run, tmp_path, refused):
+def test_crafted_fsdp_full_state_dict_is_refused_and_never_run(run, tmp_path, refused, runs_code):
     step = run / "checkpoints" / "step_0000004"
     (step / "model.safetensors").unlink()
     marker = tmp_path / "code-ran"
-    torch.save({"transformer.wte.weight": RunsCode(marker)}, step / "pytorch_model_fsdp.bin")
+    torch.save({"transformer.wte.weight": runs_code(marker)}, step / "pytorch_model_fsdp.bin")
     line = refused(push_to_hub.main, push(step))
     assert line == (f"gpt-push: error: refused {step / 'pytorch_model_fsdp.bin'}: Trying to load unsupported GLOBAL "
                     "posix.mkdir whose module posix is blocked.; only weights and plain data are loaded from a checkpoint")
@@ -265,11 +254,11 @@ def test_a_missing_or_unexpected_tensor_is_refused_naming_it(run, tmp_path, refu
     assert not (tmp_path / "hub").exists()
 
 
-def test_pickle_weights_are_refused_without_advice_to_unpickle_them(run, tmp_path, refused, capsys):
+def test_pickle_weights_are_refused_without_advice_to_unpickle_them(run, tmp_path, refused, runs_code):
     final = run / "final"
     (final / "model.safetensors").unlink()
     marker = tmp_path / "code-ran"
-    torch.save({"transformer.wte.weight": RunsCode(marker)}, final / "pytorch_model.bin")
+    torch.save({"transformer.wte.weight": runs_code(marker)}, final / "pytorch_model.bin")
     line = refused(push_to_hub.main, push(final, "--output-dir", str(tmp_path / "hub")))
     assert line == (f"gpt-push: error: --checkpoint {final}: refused pytorch_model.bin: pickle weights are never loaded, "
                     "only safetensors ones; use a folder holding model.safetensors")

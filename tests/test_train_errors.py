@@ -94,16 +94,6 @@ def test_init_from_a_folder_that_does_not_exist_is_named(data, tmp_path, refused
                     "or a Hub id")
 
 
-class RunsCode:
-    """Unpickling this creates a folder: the proof that a pickle ran code."""
-
-    def __init__(self, marker):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return os.mkdir, (self.marker,)
-
-
 @pytest.mark.parametrize("source", ["final", "checkpoint"])
 def test_init_from_weights_with_a_missing_or_unexpected_tensor_is_refused_naming_it(run, data, tmp_path, refused, source):
     from safetensors.torch import load_file, save_file
@@ -121,11 +111,11 @@ def test_init_from_weights_with_a_missing_or_unexpected_tensor_is_refused_naming
     assert not (tmp_path / "out" / "checkpoints").exists()
 
 
-def test_init_from_pickle_weights_is_refused_without_advice_to_unpickle_them(run, data, tmp_path, capsys):
+def test_init_from_pickle_weights_is_refused_without_advice_to_unpickle_them(run, data, tmp_path, capsys, runs_code):
     final = run / "final"
     (final / "model.safetensors").unlink()
     marker = tmp_path / "code-ran"
-    torch.save({"transformer.wte.weight": RunsCode(marker)}, final / "pytorch_model.bin")
+    torch.save({"transformer.wte.weight": runs_code(marker)}, final / "pytorch_model.bin")
     with pytest.raises(SystemExit) as info:
         train_accelerate.main(argv(data, tmp_path / "out", "--init_from", str(final)))
     err = capsys.readouterr().err
@@ -228,24 +218,16 @@ def test_resume_refuses_another_data_set_and_max_steps_below_the_checkpoint(run,
     assert tree_digest(run) == before
 
 
-class RunsCode:
-    def __init__(self, marker):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return os.mkdir, (self.marker,)
-
-
 @pytest.mark.parametrize("crafted", ["pytorch_model_fsdp_0/.metadata", "optimizer.bin", "random_states_0.pkl"])
-def test_a_crafted_pickle_in_a_checkpoint_is_refused_and_never_run(run, data, tmp_path, refused, crafted):
+def test_a_crafted_pickle_in_a_checkpoint_is_refused_and_never_run(run, data, tmp_path, refused, crafted, runs_code):
     step4 = run / "checkpoints" / "step_0000004"
     marker = tmp_path / "code-ran"
     file = step4 / crafted
     file.parent.mkdir(exist_ok=True)
     if crafted.endswith(".metadata"):
-        file.write_bytes(pickle.dumps(RunsCode(marker)))  # torch.distributed.checkpoint's format: a plain pickle
+        file.write_bytes(pickle.dumps(runs_code(marker)))  # torch.distributed.checkpoint's format: a plain pickle
     else:
-        torch.save({"state": RunsCode(marker)}, file)  # torch.save's format, as accelerate writes these
+        torch.save({"state": runs_code(marker)}, file)  # torch.save's format, as accelerate writes these
     line = refused(train_accelerate.main, argv(data, run, "--resume_from_checkpoint", str(step4)), code=1)
     assert line.startswith(f"gpt-train: error: checkpoint {step4} is damaged (UserError: refused {file}: ")
     assert "posix.mkdir" in line
