@@ -1,8 +1,10 @@
 """Atomic writes for the whole project: a file or folder is either complete or absent, never half written.
 
-Everything is first written to a temporary sibling (`<name>.tmp` unless the caller names another) and then
-renamed into place with `os.replace`, which is atomic within one file system. A writer killed half-way
-leaves only the temporary sibling, which the next writer removes.
+Everything is first written inside a private temporary folder beside the target, `.<name>.XXXXXXXX.tmp` (made by
+`tempfile.mkdtemp`: a fresh name no user file or other writer holds), then renamed into place with `os.replace`,
+which is atomic within one file system. Only what the writer created is ever removed: a user's `<name>.tmp` or
+another writer's temporary folder is never touched. A writer killed outright (SIGKILL, power loss) leaves its
+temporary folder; `remove_leftovers` clears those in a folder whose tool holds its lock (gpt-train, gpt-tokenize).
 
     with atomic_path("out/final") as tmp:        # a folder
         model.save_pretrained(tmp)
@@ -11,18 +13,34 @@ leaves only the temporary sibling, which the next writer removes.
 
 import json
 import os
+import re
 import shutil
+import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Optional, Union
+from typing import Iterator, Union
 
 PathLike = Union[str, os.PathLike]
+# the private folders this module makes: `.<name>.` + mkdtemp's 8 random characters + `.tmp` (writing) or `.old`
+# (a replaced folder on its way out)
+_PRIVATE = re.compile(r"\..+\.[a-z0-9_]{8}\.(tmp|old)")
 
 
-def temp_path(path: PathLike) -> Path:
-    """The default temporary sibling of `path`: `<name>.tmp` in the same folder."""
-    path = Path(path)
-    return path.with_name(path.name + ".tmp")
+def _private_folder(path: Path, kind: str) -> Path:
+    return Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=f".{kind}", dir=path.parent))
+
+
+def remove_leftovers(folder: PathLike) -> list[Path]:
+    """Delete the temporary folders that killed writers left in `folder` (only names this module makes); return them.
+
+    For a folder its tool holds locked: no other writer of it is running."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    found = sorted(p for p in folder.iterdir() if _PRIVATE.fullmatch(p.name) and p.is_dir() and not p.is_symlink())
+    for path in found:
+        shutil.rmtree(path)
+    return found
 
 
 def remove(path: PathLike) -> None:
@@ -55,33 +73,37 @@ def share_modes(path: PathLike) -> None:
 
 def replace(src: PathLike, dst: PathLike) -> Path:
     """Rename `src` to `dst`, replacing what is there, with the usual umask modes (`share_modes`). A folder at
-    `dst` is first renamed aside (`os.replace` cannot replace a non-empty folder) and deleted after; a crash in
-    between leaves `.<name>.old` beside it."""
+    `dst` is first moved into a private `.old` folder (`os.replace` cannot replace a non-empty folder), deleted
+    after; if the rename fails, it is moved back."""
     src, dst = Path(src), Path(dst)
     share_modes(src)
     if dst.is_dir() and not dst.is_symlink():
-        old = dst.with_name(f".{dst.name}.old")
-        remove(old)
-        os.replace(dst, old)
-        os.replace(src, dst)
-        shutil.rmtree(old)
+        aside = _private_folder(dst, "old")
+        os.replace(dst, aside / dst.name)
+        try:
+            os.replace(src, dst)
+        except BaseException:
+            os.replace(aside / dst.name, dst)
+            raise
+        finally:
+            shutil.rmtree(aside)
     else:
         os.replace(src, dst)
     return dst
 
 
 @contextmanager
-def atomic_path(path: PathLike, tmp: Optional[PathLike] = None) -> Iterator[Path]:
-    """Yield a temporary path to write a file or folder at; on success it replaces `path`, on error it is removed."""
+def atomic_path(path: PathLike) -> Iterator[Path]:
+    """Yield a path (not yet existing) to write a file or folder at; on success it replaces `path`. The private
+    folder around it, and anything else written there (a lock file, say), is removed either way."""
     path = Path(path)
-    tmp = temp_path(path) if tmp is None else Path(tmp)
     path.parent.mkdir(parents=True, exist_ok=True)
-    remove(tmp)  # what a killed writer left
+    private = _private_folder(path, "tmp")
     try:
-        yield tmp
-        replace(tmp, path)
+        yield private / path.name
+        replace(private / path.name, path)
     finally:
-        remove(tmp)
+        shutil.rmtree(private, ignore_errors=True)
 
 
 def write_bytes(path: PathLike, *chunks: bytes, fsync: bool = False) -> Path:

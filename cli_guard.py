@@ -4,20 +4,27 @@
   non-zero exit (2: bad input, 1: a run that could not finish, 130: Ctrl-C); the traceback is shown only
   with `--debug` or GPT_DEBUG=1. Under `accelerate launch` only the process of rank 0 prints it; the others
   exit quietly (0), so that the launcher neither stops rank 0 before it prints nor lists every process.
+- `writing`: a write that fails (a full disk) ends in one line that says what could not be written and how to go on.
 - `FolderLock`: an flock on `FOLDER/.lock`, so that two runs never write one output folder; the kernel
-  drops it when its holder dies, so a killed run leaves no stale lock.
+  drops it when its holder dies, so a killed run leaves no stale lock. The lock file is never opened through a
+  symbolic or hard link.
 - `check_pickles`: the one weights-only path for the pickled metadata of torch.distributed.checkpoint
   folders (FSDP sharded checkpoints): anything but the plain metadata classes is refused, never run.
 - `check_safetensors`: a truncated weights file named as such; `nonfinite_weights`: the names of parameters
   holding NaN or inf, checked before anything is saved or published.
+- `load_model` / `load_state_strictly`: the one strict way every tool loads weights (gpt-push, gpt-eval,
+  gpt-train --init_from): safetensors only (pickle weights are refused), no tensor missing, unexpected or of
+  another shape.
 """
 
 import errno
 import json
 import os
 import pickle
+import stat
 import sys
 import traceback
+from contextlib import contextmanager
 from pathlib import Path
 
 DEBUG_ENV = "GPT_DEBUG"
@@ -101,6 +108,18 @@ def run_cli(prog: str, main, argv=None, interrupted: str = "interrupted (Ctrl-C)
     sys.exit(code)
 
 
+@contextmanager
+def writing(what, then: str):
+    """A write that fails for lack of space (or any I/O error) ends the command with one line saying how to go on."""
+    from safetensors import SafetensorError
+
+    try:
+        yield
+    except (OSError, RuntimeError, SafetensorError) as err:  # torch.save reports a full disk as "unexpected pos ..."
+        raise RunError(f"could not write {what} ({' '.join(str(err).split())[:200]}); is the disk full? Free space, "
+                       f"then {then}") from None
+
+
 def _peer_failed(err: BaseException) -> bool:
     """A collective (gloo/NCCL) that broke because a peer process of a multi-process run died."""
     if int(os.environ.get("WORLD_SIZE", "1")) < 2:
@@ -147,7 +166,7 @@ class FolderLock:
         import fcntl
 
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = self._open()
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -162,6 +181,25 @@ class FolderLock:
         self._fd = fd
         self.held.append(self)
         return self
+
+    def _open(self) -> int:
+        """The lock file, never through a link: a symlink, a hard link or anything but a plain file is refused, so
+        that the pid written into it can never land in a file outside the folder."""
+        refusal = (f"{self.path} is {{}}: a lock file is opened only as a plain file of its folder, never through a "
+                   "link; remove it and run the same command again")
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o644)
+        except OSError as err:
+            if err.errno in (errno.ELOOP, errno.EISDIR, errno.ENXIO):
+                kind = "a symbolic link" if self.path.is_symlink() else "not a plain file"
+                raise UserError(refusal.format(kind)) from None
+            raise
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
+            os.close(fd)
+            raise UserError(refusal.format("not a plain file" if not stat.S_ISREG(info.st_mode) else
+                                           f"a hard link ({info.st_nlink} names for one file)"))
+        return fd
 
     def release(self):
         if self._fd is not None:
@@ -252,6 +290,63 @@ def check_safetensors(path):
                 pass
         except SafetensorError as err:
             raise UserError(f"{file} is damaged ({err}): copy it again or use another checkpoint") from None
+
+
+PICKLE_WEIGHTS = ("*.bin", "*.pt", "*.pth", "*.ckpt")
+
+
+def refuse_pickle_weights(folder, what: str):
+    """A model folder whose weights are only pickles (pytorch_model.bin, ...) is refused: pickles are never loaded."""
+    folder = Path(folder)
+    if any(folder.glob("*.safetensors")):
+        return
+    pickles = sorted({p.name for pattern in PICKLE_WEIGHTS for p in folder.glob(pattern)})
+    if pickles:
+        raise UserError(f"{what} {folder}: refused {', '.join(pickles)}: pickle weights are never loaded, only "
+                        "safetensors ones; use a folder holding model.safetensors")
+
+
+def _misfit(what: str, missing, unexpected, mismatched) -> str:
+    parts = [f"{kind} {', '.join(sorted(names)[:5])}{', ...' if len(names) > 5 else ''}"
+             for kind, names in (("missing", missing), ("unexpected", unexpected), ("of another shape", mismatched)) if names]
+    return (f"{what}: the weights do not fit the model ({'; '.join(parts)}): a missing tensor would be left random and "
+            "an unexpected one dropped, so nothing is loaded; use the whole checkpoint the model was saved with")
+
+
+def load_model(load, name, what: str, **kwargs):
+    """`load(name, **kwargs)` (a from_pretrained) strictly: safetensors weights only, each of the model's tensors
+    in the checkpoint with its shape, nothing else in it; else a UserError naming the tensors. Tied weights (the
+    head that is the embedding) are transformers' to fill, as always."""
+    import logging
+
+    if Path(name).is_dir():
+        refuse_pickle_weights(name, what)
+        check_safetensors(name)
+    report = logging.getLogger("transformers.modeling_utils")
+    level = report.level
+    report.setLevel(logging.ERROR)  # its load report would tell, as a table, what the refusal says in one line
+    try:
+        model, info = load(name, use_safetensors=True, output_loading_info=True, ignore_mismatched_sizes=True, **kwargs)
+    finally:
+        report.setLevel(level)
+    mismatched = [key for key, *_ in info["mismatched_keys"]]
+    if info["missing_keys"] or info["unexpected_keys"] or mismatched:
+        raise UserError(_misfit(f"{what} {name}", info["missing_keys"], info["unexpected_keys"], mismatched))
+    return model
+
+
+def load_state_strictly(model, state: dict, what: str):
+    """model.load_state_dict(state) for a checkpoint's tensors, refused in one line (naming the tensors) unless they
+    are exactly the model's: every one present with its shape, the tied head aside, nothing else."""
+    expected = model.state_dict()
+    tied = set(getattr(model, "all_tied_weights_keys", None) or {})  # targets that share their source's tensor
+    missing = set(expected) - set(state) - tied
+    unexpected = set(state) - set(expected)
+    mismatched = {k for k in set(state) & set(expected) if tuple(state[k].shape) != tuple(expected[k].shape)}
+    if missing or unexpected or mismatched:
+        raise UserError(_misfit(what, missing, unexpected, mismatched))
+    model.load_state_dict(state, strict=False)
+    return model
 
 
 def nonfinite_weights(named_tensors) -> list[str]:

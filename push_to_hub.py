@@ -12,6 +12,7 @@ from HF_TOKEN or `hf auth login`; this script never prints or writes it.
 import argparse
 import copy
 import json
+import os
 import shutil
 import sys
 import tempfile
@@ -25,8 +26,9 @@ from huggingface_hub.utils import validate_repo_id
 from transformers import GenerationConfig
 
 import atomic_io
-from cli_guard import (RunError, check_pickles, check_safetensors, jsonl_lines, load_weights_only, missing_local_folder,
-                       nonfinite_weights, run_cli)
+from cli_guard import (RunError, check_pickles, check_safetensors, jsonl_lines, load_model, load_state_strictly,
+                       load_weights_only, missing_local_folder, nonfinite_weights, refuse_pickle_weights, run_cli,
+                       writing)
 from modeling_gpt import GPTConfig, GPTForCausalLM
 from modeling_gpt.convert import native_class_name
 from modeling_gpt.network import require_hub
@@ -38,6 +40,7 @@ CONFIG_KEYS = ("architectures", "auto_map", "model_type", "transformers_version"
 # what `accelerate save_state` names the first model's weights: plain/DDP, FSDP full and FSDP sharded state dicts
 ACCELERATE_WEIGHTS = ("model.safetensors", "pytorch_model_fsdp.bin", "pytorch_model_fsdp_0")
 MODEL_OVERRIDES = ("n_layer", "n_head", "n_embd", "n_inner", "n_positions", "dropout", "rope_theta")  # training args
+FINAL_RECORD = "training_record.json"  # what train_accelerate.py writes into final/ together with the weights
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DDP and torch.compile prefixes in a wrapped model's state dict
 
 
@@ -84,11 +87,14 @@ def _find_run_dir(path: Path) -> Path | None:
     return None
 
 
-def _latest_trainer_state(run_dir: Path | None) -> dict:
-    if run_dir is None:
-        return {}
-    states = sorted((run_dir / "checkpoints").glob("step_*/trainer_state.json"))
-    return _read_json(states[-1]) if states else {}
+def _final_record(folder: Path) -> dict:
+    """The record the trainer wrote into final/ with its weights (step, tokens, time, hardware, settings): the facts
+    of these weights, never of a newer checkpoint or a run still going. {} for a folder without one."""
+    path = folder / FINAL_RECORD
+    record = _read_json(path) if path.is_file() else {}
+    if not isinstance(record, dict):
+        raise ValueError(f"{path} is not the trainer's record of the exported run (a JSON object): export again")
+    return record
 
 
 def _read_metrics(run_dir: Path | None, max_step: int | None) -> list[dict]:
@@ -226,25 +232,21 @@ def load_source(checkpoint, tokenizer=None) -> Source:
         raise ValueError(f"--checkpoint {str(path)!r} is not a folder: give a save_pretrained folder or a checkpoint step_XXXXXXX folder")
     run_dir = _find_run_dir(path.resolve())
     if (path / "config.json").is_file() and not (path / "trainer_state.json").is_file():
+        refuse_pickle_weights(path, "--checkpoint")
         if not any((path / name).is_file() for name in ("model.safetensors", "model.safetensors.index.json")):
             found = sorted(p.name for p in path.iterdir())
             raise ValueError(f"no model weights in {path}: expected model.safetensors or model.safetensors.index.json; found {found}")
         model_type = _read_json(path / "config.json").get("model_type")
         if model_type != GPTConfig.model_type:
             raise ValueError(f"{path}/config.json has model_type {model_type!r}; gpt-push publishes this project's 'gpt' models")
-        check_safetensors(path)  # a damaged file is named, not reported as a missing pytorch_model.bin
-        model = GPTForCausalLM.from_pretrained(path, dtype="auto")
-        state = _latest_trainer_state(run_dir)  # the run's checkpoints know the arguments, hardware and time
-        max_step = None
+        model = load_model(GPTForCausalLM.from_pretrained, str(path), "--checkpoint", dtype="auto")
+        state = _final_record(path)
+        max_step = state.get("step")
     elif (path / "trainer_state.json").is_file():
         state = _read_json(path / "trainer_state.json")
         weights = _checkpoint_state_dict(path)
         config, origin = _checkpoint_config(path, state, run_dir)
-        model = GPTForCausalLM(config)
-        missing, unexpected = model.load_state_dict(weights, strict=False)
-        missing = [k for k in missing if not (config.tie_word_embeddings and k == "lm_head.weight")]
-        if missing or unexpected:
-            raise ValueError(f"the weights in {path} do not fit the config from {origin}: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        model = load_state_strictly(GPTForCausalLM(config), weights, f"--checkpoint {path} (config from {origin})")
         max_step = state.get("step")
     else:
         raise ValueError(
@@ -254,7 +256,8 @@ def load_source(checkpoint, tokenizer=None) -> Source:
     model.eval()
     tok = _load_tokenizer(path, tokenizer, state, run_dir)
     _check_tokenizer(tok, model.config, state)
-    return Source(model, tok, run_dir, state, _read_metrics(run_dir, max_step), _data_source(state, run_dir), path)
+    metrics = _read_metrics(run_dir, max_step) if state else []  # no record: which rows describe these weights is unknown
+    return Source(model, tok, run_dir, state, metrics, _data_source(state, run_dir), path)
 
 
 # ----------------------------------------------------------------------------- the model card
@@ -596,20 +599,39 @@ def _plots(run_dir: Path | None) -> list[Path]:
     return sorted(p for p in found if not p.is_symlink() and not p.parent.is_symlink())
 
 
-RUN_MARKERS = ("metrics.jsonl", "checkpoints", "final", "trainer_state.json", "manifest.json", ".lock")
+EXPORT_MARKER = ".gpt-push-export.json"  # written last into every export, never uploaded: what --overwrite may replace
+
+
+def _export_files(folder: Path) -> list[str]:
+    """Every file or link under folder (relative, '/'-separated), the marker aside; links are listed, never followed."""
+    found = []
+    for root, dirs, files in os.walk(folder):
+        for name in [*files, *(d for d in dirs if (Path(root) / d).is_symlink())]:
+            found.append((Path(root) / name).relative_to(folder).as_posix())
+    return sorted(f for f in found if f != EXPORT_MARKER)
 
 
 def _check_replaceable(output_dir: Path, source: Source):
-    """--overwrite replaces an earlier export only: never a folder holding the input, a run or token shards."""
+    """--overwrite replaces an earlier export only, recognised by the marker gpt-push wrote into it, and only when
+    every file in it is one gpt-push wrote: never a folder holding the input, a run, a git clone or a user's files."""
     out = output_dir.resolve()
     inputs = [p.resolve() for p in (source.path, source.run_dir) if p is not None]
     if any(p == out or out in p.parents for p in inputs):
         raise ValueError(f"--output-dir {str(output_dir)!r} holds the checkpoint being published; --overwrite "
                          "would delete it: choose another --output-dir")
-    found = [name for name in RUN_MARKERS if (output_dir / name).exists()]
-    if found:
-        raise ValueError(f"--output-dir {str(output_dir)!r} is not an earlier gpt-push export (it holds {', '.join(found)}); "
-                         "--overwrite replaces only such a folder: choose another --output-dir")
+    marker = output_dir / EXPORT_MARKER
+    try:
+        written = json.loads(marker.read_text())["files"] if marker.is_file() and not marker.is_symlink() else None
+    except (OSError, ValueError, KeyError, TypeError):
+        written = None
+    if not isinstance(written, list):
+        raise ValueError(f"--output-dir {str(output_dir)!r} is not a gpt-push export (it has no {EXPORT_MARKER}); "
+                         "--overwrite replaces only a folder gpt-push wrote: choose another --output-dir")
+    others = [f for f in _export_files(output_dir) if f not in written]
+    if others:
+        raise ValueError(f"--output-dir {str(output_dir)!r} holds files gpt-push did not write ({', '.join(others[:5])}"
+                         f"{', ...' if len(others) > 5 else ''}); --overwrite deletes only what gpt-push made: move them "
+                         "away or choose another --output-dir")
 
 
 def export(source: Source, output_dir, repo_id: str, *, native=False, eval_results=None, license="mit",
@@ -635,7 +657,8 @@ def export(source: Source, output_dir, repo_id: str, *, native=False, eval_resul
     entries = read_eval_entries(_eval_files(source.run_dir) if eval_results is None else eval_results)
     samples = sample_completions(model, tokenizer, gen, prompts, seed=seed) if prompts else []
 
-    with atomic_io.atomic_path(output_dir) as tmp:
+    # a failed write (a full disk) leaves nothing: the folder is built beside output_dir and removed on failure
+    with writing(output_dir, "run the same command again"), atomic_io.atomic_path(output_dir) as tmp:
         published.save_pretrained(tmp, max_shard_size=max_shard_size)
         tokenizer.save_pretrained(tmp)
         plots = []
@@ -646,6 +669,8 @@ def export(source: Source, output_dir, repo_id: str, *, native=False, eval_resul
         card = build_card(source, repo_id, native=native, entries=entries, samples=samples, plots=plots,
                           license=license, generation=gen.to_dict(), revision=revision)
         card.save(tmp / "README.md")
+        (tmp / EXPORT_MARKER).write_text(json.dumps({"format": "gpt-push-export", "repo_id": repo_id,
+                                                     "files": _export_files(tmp)}, indent=1) + "\n")
     return output_dir
 
 
@@ -661,7 +686,8 @@ def upload(folder, repo_id: str, *, private=False, revision=None, commit_message
     if revision:
         api.create_branch(repo_id, branch=revision, exist_ok=True)
     info = api.upload_folder(repo_id=repo_id, folder_path=str(folder), revision=revision,
-                             commit_message=commit_message or f"Upload {repo_id.split('/')[1]} with gpt-push")
+                             commit_message=commit_message or f"Upload {repo_id.split('/')[1]} with gpt-push",
+                             ignore_patterns=[EXPORT_MARKER])  # the marker is for --overwrite here, not for the Hub
     return info.commit_url
 
 
@@ -712,7 +738,7 @@ def _main(argv):
         folder = export(source, out, args.repo_id, native=args.native, eval_results=args.eval_results,
                         license=args.license, max_shard_size=args.max_shard_size, prompts=args.prompts,
                         seed=args.seed, revision=args.revision, overwrite=args.overwrite)
-        files = sorted(p for p in folder.rglob("*") if p.is_file())
+        files = [folder / f for f in _export_files(folder)]
         architecture = json.loads((folder / "config.json").read_text())["architectures"][0]
         print(f"exported {folder} ({architecture}{'' if args.native else ', remote code'}):")
         for f in files:

@@ -111,8 +111,11 @@ def check_sha256(paths: list, expected: list, where) -> None:
 def verify_shards(data_dir, record=None) -> bool:
     """Check every shard of data_dir against the sha256 its manifest lists; True when they were hashed.
 
-    With `record` (a JSON file), the hashing happens once: the record keeps each verified shard's size,
-    modification time and sha256, and while they all stay the same the shards are not read again."""
+    With `record` (a JSON file), the hashing happens once: the record keeps each verified shard's size, modification
+    and change times, inode and sha256, and while they all stay the same the shards are not read again. The change
+    time (ctime) is set by the kernel on every write and on every change of the modification time, and cannot be set
+    back: a shard altered in place with its mtime restored is hashed again. (Not caught: a change made with the system
+    clock set back, or by writing to the disk device below the file system.)"""
     where = Path(data_dir) / MANIFEST
     entries = read_manifest(data_dir)["shards"]
     paths = [Path(data_dir) / e["file"] for e in entries]
@@ -121,7 +124,7 @@ def verify_shards(data_dir, record=None) -> bool:
         if not path.is_file():
             raise ShardError(f"shard {path} is missing")
         stat = path.stat()
-        stamps[entry["file"]] = [stat.st_size, stat.st_mtime_ns, entry["sha256"]]
+        stamps[entry["file"]] = [stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino, entry["sha256"]]
     if record is not None and Path(record).is_file():
         try:
             if json.loads(Path(record).read_text()) == stamps:

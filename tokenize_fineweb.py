@@ -357,9 +357,7 @@ def run(args: TokenizeArguments) -> dict:
 
 
 def _run(args: TokenizeArguments, out: Path, revision, t_start: float) -> dict:
-    # leftovers of a killed run: half-written shards, manifest or tokenizer
-    for stale in [*out.glob("*.bin.tmp"), atomic_io.temp_path(out / MANIFEST), atomic_io.temp_path(out / TOKENIZER_DIR)]:
-        atomic_io.remove(stale)
+    atomic_io.remove_leftovers(out)  # a killed run's half-written shards, manifest or tokenizer
     source, config = _source_and_config(args)
     source["revision"] = revision
     manifest = _start_or_resume(args, out, source, config)

@@ -23,6 +23,7 @@ import sys
 import time
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field, fields
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Optional, Union, get_args, get_origin, get_type_hints
 
@@ -34,12 +35,13 @@ from accelerate import Accelerator, DistributedType
 from accelerate.utils import ProjectConfiguration, set_seed
 from tqdm.auto import tqdm
 from safetensors.torch import load_file
-from transformers import AutoConfig, GenerationConfig, HfArgumentParser
+from transformers import AutoConfig, GenerationConfig, GPT2LMHeadModel, HfArgumentParser
 
 import atomic_io
 import token_shards
-from cli_guard import (FolderLock, Interrupted, RunError, UserError, check_pickles, check_safetensors,
-                       load_weights_only, missing_local_folder, nonfinite_weights, run_cli)
+from cli_guard import (FolderLock, Interrupted, RunError, UserError, check_pickles, check_safetensors, load_model,
+                       load_state_strictly, load_weights_only, missing_local_folder, nonfinite_weights, run_cli,
+                       writing)
 from eval import mean_loss, run_tasks
 from modeling_gpt import PRESETS, GPTConfig, GPTForCausalLM
 from modeling_gpt.flops import flops_per_token, peak_tflops
@@ -442,8 +444,9 @@ class CheckpointManager:
     def remove_partial(self):
         """Delete what an interrupted save left behind."""
         if self.root.is_dir():
-            for child in [*self.root.glob(".tmp-step_*"), *self.root.glob(".step_*.old")]:
+            for child in self.root.glob(".tmp-step_*"):
                 shutil.rmtree(child, ignore_errors=True)
+            atomic_io.remove_leftovers(self.root)  # a step folder a killed commit was replacing
 
     def commit(self, step: int) -> Path:
         """Move a finished temporary folder into place (atomic rename), then prune old checkpoints."""
@@ -542,18 +545,19 @@ def load_pretrained(init_from: str, dropout: Optional[float]) -> GPTForCausalLM:
                               f"accelerate merge-weights {path / 'pytorch_model_fsdp_0'} <folder>, or use the run's final/")
         config = json.loads((path / "trainer_state.json").read_text())["model_config"]
         model = GPTForCausalLM(GPTConfig.from_dict({**config, **({} if dropout is None else {"dropout": dropout})}))
-        missing, unexpected = model.load_state_dict(load_file(path / "model.safetensors"), strict=False)
-        if unexpected or set(missing) - set(model._tied_weights_keys):
-            raise ConfigError(f"init_from={init_from!r}: weights do not match its model_config "
-                              f"(missing {sorted(missing)}, unexpected {sorted(unexpected)})")
-        return model
-    config = load_local_or_hub(AutoConfig.from_pretrained, init_from, "init_from",
-                               "give the folder of a saved model instead of a Hub id")
+        check_safetensors(path)
+        return load_state_strictly(model, load_file(path / "model.safetensors"), f"init_from {init_from}")
+    fix = "give the folder of a saved model instead of a Hub id"
+    config = load_local_or_hub(AutoConfig.from_pretrained, init_from, "init_from", fix)
     if config.model_type == "gpt2":
         kwargs = {} if dropout is None else dict(resid_pdrop=dropout, embd_pdrop=dropout, attn_pdrop=dropout)
-        return GPTForCausalLM.from_gpt2(init_from, **kwargs)
+        native = load_local_or_hub(partial(load_model, GPT2LMHeadModel.from_pretrained, what="init_from", **kwargs),
+                                   init_from, "init_from", fix)
+        return GPTForCausalLM.from_gpt2(native)
     if config.model_type == GPTConfig.model_type:
-        return GPTForCausalLM.from_pretrained(init_from, **({} if dropout is None else {"dropout": dropout}))
+        kwargs = {} if dropout is None else {"dropout": dropout}
+        return load_local_or_hub(partial(load_model, GPTForCausalLM.from_pretrained, what="init_from", **kwargs),
+                                 init_from, "init_from", fix)
     raise ConfigError(f"init_from={init_from!r} is a {config.model_type!r} model; use our GPT or GPT-2")
 
 
@@ -597,20 +601,12 @@ def _tensorboard_installed() -> bool:
     return is_tensorboard_available()
 
 
-@contextmanager
-def writing(what: Path, then: str):
-    """A write that fails for lack of space (or any I/O error) ends the run with one line saying how to go on."""
-    from safetensors import SafetensorError
-
-    try:
-        yield
-    except (OSError, RuntimeError, SafetensorError) as err:  # torch.save reports a full disk as "unexpected pos ..."
-        raise RunError(f"could not write {what} ({' '.join(str(err).split())[:200]}); is the disk full? Free space, "
-                       f"then {then}") from None
+FINAL_RECORD = "training_record.json"  # gpt-push reads the card's facts from it
 
 
-def export_final(accelerator: Accelerator, model, tokenizer, output_dir: Path):
-    """output_dir/final: a Hugging Face folder (weights, config, code, tokenizer, generation config)."""
+def export_final(accelerator: Accelerator, model, tokenizer, output_dir: Path, facts: dict):
+    """output_dir/final: a Hugging Face folder (weights, config, code, tokenizer, generation config) and `facts`, the
+    run as these weights left it (FINAL_RECORD), written in the same atomic step."""
     state_dict = accelerator.get_state_dict(model)  # gathers FSDP shards on the main process
     final = output_dir / "final"
     if accelerator.is_main_process:
@@ -630,6 +626,7 @@ def export_final(accelerator: Accelerator, model, tokenizer, output_dir: Path):
                 do_sample=True, top_k=50, temperature=1.0, max_new_tokens=128,
                 bos_token_id=eot, eos_token_id=eot, pad_token_id=eot,
             ).save_pretrained(tmp)
+            (tmp / FINAL_RECORD).write_text(json.dumps(facts, indent=2))
     accelerator.wait_for_everyone()
     return final
 
@@ -969,6 +966,7 @@ def start_up(argv=None) -> Run:
             atomic_io.remove(checkpoints.root)
             atomic_io.remove(output_dir / "final")
         checkpoints.remove_partial()
+        atomic_io.remove_leftovers(output_dir)  # a killed export's final/ or metrics.jsonl rewrite
         output_dir.mkdir(parents=True, exist_ok=True)
         metrics.truncate(start_step)  # a resumed run redoes the steps after its checkpoint
         if changes:
@@ -1115,6 +1113,18 @@ def check_weights_finite(run: Run, step: int):
         )
 
 
+def run_facts(run: Run, step: int) -> dict:
+    """The run after `step`: what a checkpoint's trainer_state.json and final/'s record say of it."""
+    args = run.args
+    return dict(
+        step=step, tokens=step * args.total_batch_tokens, world_size=run.accelerator.num_processes,
+        total_batch_tokens=args.total_batch_tokens, seq_len=args.seq_len,
+        elapsed_seconds=run.elapsed_before + time.perf_counter() - run.clock_start, hardware=run.hardware,
+        tokenizer_hash=token_shards.tokenizer_hash(run.tokenizer), model_config=run.eval_model.config.to_dict(),
+        config=run.settings, data=run.data,
+    )
+
+
 def maybe_save(run: Run, step: int):
     """Checkpoint after `step` when one is due: accelerate's state plus trainer_state.json, written last."""
     args, accelerator = run.args, run.accelerator
@@ -1127,13 +1137,7 @@ def maybe_save(run: Run, step: int):
             accelerator.save_state(str(tmp))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        state = dict(
-            step=step, tokens=step * args.total_batch_tokens, world_size=accelerator.num_processes,
-            total_batch_tokens=args.total_batch_tokens, seq_len=args.seq_len,
-            elapsed_seconds=run.elapsed_before + time.perf_counter() - run.clock_start, hardware=run.hardware,
-            tokenizer_hash=token_shards.tokenizer_hash(run.tokenizer), train_loader=run.train_loader.state_dict(),
-            model_config=run.eval_model.config.to_dict(), config=run.settings, data=run.data,
-        )
+        state = dict(run_facts(run, step), train_loader=run.train_loader.state_dict())
         # written last: a folder without it is never picked by a resume
         (tmp / "trainer_state.json").write_text(json.dumps(state, indent=2))
         run.checkpoints.commit(step)
@@ -1182,7 +1186,8 @@ def train(argv=None):
     finally:
         progress.close()
 
-    export_final(run.accelerator, run.model, run.tokenizer, Path(args.output_dir))
+    facts = run_facts(run, max(run.start_step, args.max_steps))
+    export_final(run.accelerator, run.model, run.tokenizer, Path(args.output_dir), facts)
     run.accelerator.print(f"done: {args.max_steps} steps; Hugging Face folder in {final}")
     run.accelerator.end_training()
 

@@ -16,7 +16,7 @@ from typing import Optional
 
 from transformers import HfArgumentParser
 
-from cli_guard import check_safetensors, missing_local_folder, run_cli
+from cli_guard import load_model, missing_local_folder, run_cli
 
 DTYPES = ("float32", "bfloat16", "float16", "auto")
 LOG_SOFTMAX_DTYPES = ("float32", "model")
@@ -107,8 +107,6 @@ def _load(args: EvalArguments):
         raise ValueError(f"--dtype {args.dtype!r}; accepted: {', '.join(DTYPES)}")
     _check_local(args.model, "--model", ("config.json",), "give a save_pretrained folder, e.g. a run's final/")
     _check_local(args.model, "--model", WEIGHTS, "the weights are missing: copy model.safetensors into it")
-    if Path(args.model).is_dir():
-        check_safetensors(args.model)
     if args.tokenizer is None:
         _check_local(args.model, "--model", TOKENIZER_FILES,
                      "it has no tokenizer: pass --tokenizer with the one the model was trained with")
@@ -116,11 +114,24 @@ def _load(args: EvalArguments):
         _check_local(args.tokenizer, "--tokenizer", TOKENIZER_FILES, "give a folder saved with save_pretrained")
     dtype = args.dtype if args.dtype == "auto" else getattr(torch, args.dtype)
     fix = "pass a local model folder (e.g. a run's final/), or download it once with network and set HF_HUB_OFFLINE=1"
-    model = load_local_or_hub(partial(AutoModelForCausalLM.from_pretrained, dtype=dtype, trust_remote_code=args.trust_remote_code),
-                              args.model, "--model", fix)
+    model = load_local_or_hub(partial(load_model, AutoModelForCausalLM.from_pretrained, what="--model", dtype=dtype,
+                                      trust_remote_code=args.trust_remote_code), args.model, "--model", fix)
     tokenizer = load_local_or_hub(partial(AutoTokenizer.from_pretrained, trust_remote_code=args.trust_remote_code),
                                   args.tokenizer or args.model, "the tokenizer", fix)
+    _check_tokenizer_fits(tokenizer, model, args.tokenizer or args.model)
     return model, tokenizer
+
+
+def _check_tokenizer_fits(tokenizer, model, name: str):
+    """A model's own tokenizer has at most its vocab_size tokens (more would index past the embedding) and at least
+    90% of them: embeddings are padded by a few percent at most (e.g. GPT-2's 50,257 words to 50,304 rows)."""
+    vocab = getattr(model.config.get_text_config(), "vocab_size", None) or model.get_input_embeddings().num_embeddings
+    size = len(tokenizer)
+    if not 0.9 * vocab <= size <= vocab:
+        raise ValueError(
+            f"the tokenizer {name} has {size:,} tokens but the model's vocabulary {vocab:,}: it cannot be the model's "
+            f"(a model's tokenizer has at most vocab_size tokens and at least 90% of them); pass --tokenizer with "
+            "the tokenizer the model was trained with")
 
 
 def evaluate_main(argv) -> dict:

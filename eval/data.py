@@ -35,25 +35,33 @@ HUB_DATASETS = {
 }
 
 
-# the fields of each local file's lines, the list of choices, and the field holding the gold index into it
+# the fields of each local file's lines with their types, the list of choices, and the field holding the gold index
 SCHEMAS = {
-    "hellaswag": (("activity_label", "ctx_a", "ctx_b", "ctx", "endings", "label"), "endings", "label"),
-    "lambada_openai": (("context", "continuation"), None, None),
-    "piqa": (("query", "choices", "gold"), "choices", "gold"),
-    "arc_easy": (("query", "choices", "gold"), "choices", "gold"),
-    "arc_challenge": (("query", "choices", "gold"), "choices", "gold"),
-    "winogrande": (("context_options", "continuation", "gold"), "context_options", "gold"),
+    "hellaswag": ({"activity_label": str, "ctx_a": str, "ctx_b": str, "ctx": str, "endings": list, "label": (int, str)},
+                  "endings", "label"),
+    "lambada_openai": ({"context": str, "continuation": str}, None, None),
+    "piqa": ({"query": str, "choices": list, "gold": (int, str)}, "choices", "gold"),
+    "arc_easy": ({"query": str, "choices": list, "gold": (int, str)}, "choices", "gold"),
+    "arc_challenge": ({"query": str, "choices": list, "gold": (int, str)}, "choices", "gold"),
+    "winogrande": ({"context_options": list, "continuation": str, "gold": (int, str)}, "context_options", "gold"),
 }
+_TYPE_NAMES = {str: "a string", (int, str): "an index"}
+_JSON_NAMES = {str: "a string", list: "a list", dict: "an object", int: "a number", float: "a number", bool: "true/false",
+               type(None): "null"}
 
 
 def _check_doc(task: str, doc, where: str) -> dict:
     """A document of the task's schema, else a ValueError naming the file, the line and what is wrong."""
-    keys, choices, gold = SCHEMAS[task]
+    fields, choices, gold = SCHEMAS[task]
     if not isinstance(doc, dict):
-        raise ValueError(f"{where}: expected a JSON object with {', '.join(keys)}, got a {type(doc).__name__}")
-    missing = [k for k in keys if k not in doc]
+        raise ValueError(f"{where}: expected a JSON object with {', '.join(fields)}, got a {type(doc).__name__}")
+    missing = [k for k in fields if k not in doc]
     if missing:
-        raise ValueError(f"{where}: missing field(s) {', '.join(missing)} (a {task} line has {', '.join(keys)})")
+        raise ValueError(f"{where}: missing field(s) {', '.join(missing)} (a {task} line has {', '.join(fields)})")
+    for key, kind in fields.items():
+        if key != choices and (not isinstance(doc[key], kind) or isinstance(doc[key], bool)):
+            raise ValueError(f"{where}: {key} is {_JSON_NAMES.get(type(doc[key]), type(doc[key]).__name__)}, expected "
+                             f"{_TYPE_NAMES[kind]} (a {task} line has {', '.join(fields)})")
     if choices is not None:
         options = doc[choices]
         if not isinstance(options, list) or len(options) < 2 or not all(isinstance(o, str) for o in options):

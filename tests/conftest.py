@@ -128,3 +128,19 @@ def assert_same_run():
             assert torch.equal(want[name], have[name]), name
 
     return check
+
+
+class RunsCode:
+    """Unpickling this creates a folder: the proof that a pickle ran code."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return os.mkdir, (self.marker,)
+
+
+@pytest.fixture
+def runs_code():
+    """RunsCode(marker): an object whose unpickling creates the folder `marker` (a crafted pickle's payload)."""
+    return RunsCode

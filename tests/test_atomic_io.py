@@ -26,17 +26,74 @@ def test_a_failed_writer_leaves_the_old_file_and_no_temp(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt"]
 
 
-def test_a_folder_is_replaced_whole_and_a_stale_temp_is_cleared(tmp_path):
+def test_a_folder_is_replaced_whole(tmp_path):
     final = tmp_path / "final"
     (final / "old-only").mkdir(parents=True)
-    stale = atomic_io.temp_path(final)  # what a writer killed half-way left
-    stale.mkdir()
-    (stale / "torn").write_text("x")
     with atomic_io.atomic_path(final) as tmp:
-        assert not tmp.exists()
+        assert not tmp.exists() and tmp.name == "final" and tmp.parent.parent == tmp_path
         tmp.mkdir()
         (tmp / "model.safetensors").write_bytes(b"weights")
     assert sorted(p.name for p in final.iterdir()) == ["model.safetensors"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["final"]
+
+
+def test_only_what_the_writer_created_is_removed(tmp_path, tree_digest):
+    """A user's OUT.tmp, .OUT.old and .OUT.tmp, and another writer's temporary folder, survive a write that
+    succeeds and one that fails."""
+    out = tmp_path / "OUT"
+    (out / "old").mkdir(parents=True)
+    for name in ("OUT.tmp", ".OUT.old", ".OUT.tmp"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "keep.txt").write_text(f"the user's {name}")
+    with atomic_io.atomic_path(out) as other:  # another writer, still writing
+        other.mkdir()
+        (other / "half").write_text("of another writer")
+        before = tree_digest(tmp_path)
+        with atomic_io.atomic_path(out) as tmp:
+            tmp.mkdir()
+            (tmp / "new").write_text("new")
+        with pytest.raises(RuntimeError, match="killed"):
+            with atomic_io.atomic_path(out) as tmp:
+                tmp.mkdir()
+                raise RuntimeError("killed")
+        after = tree_digest(tmp_path)
+        assert {k: v for k, v in after.items() if not k.startswith("OUT/")} == \
+               {k: v for k, v in before.items() if not k.startswith("OUT/")}
+        assert (out / "new").read_text() == "new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".OUT.old", ".OUT.tmp", "OUT", "OUT.tmp"]
+    assert (out / "half").read_text() == "of another writer"
+
+
+def test_a_killed_writers_leftovers_are_cleared_only_on_request(tmp_path):
+    shard = tmp_path / "train_000001.bin"
+    writer = atomic_io.atomic_path(shard)
+    tmp = writer.__enter__()  # a writer killed half-way never leaves its `with`
+    tmp.write_bytes(b"half a shard")
+    (tmp_path / "user.bin.tmp").write_bytes(b"the user's")
+    atomic_io.write_bytes(tmp_path / "other.bin", b"whole")
+    assert tmp.exists()
+    assert atomic_io.remove_leftovers(tmp_path) == [tmp.parent]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["other.bin", "user.bin.tmp"]
+
+
+def test_a_failed_rename_puts_the_old_folder_back(tmp_path, monkeypatch):
+    import os
+
+    final = tmp_path / "final"
+    final.mkdir()
+    (final / "model.safetensors").write_bytes(b"old weights")
+    replace = os.replace
+
+    def fail_into_place(src, dst):
+        if os.fspath(dst) == os.fspath(final) and os.path.dirname(src).endswith(".tmp"):  # the new folder into place
+            raise OSError(28, "No space left on device")
+        return replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", fail_into_place)
+    with pytest.raises(OSError, match="No space"):
+        with atomic_io.atomic_path(final) as tmp:
+            tmp.mkdir()
+    assert (final / "model.safetensors").read_bytes() == b"old weights"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["final"]
 
 

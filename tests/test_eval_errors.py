@@ -4,7 +4,9 @@ benchmark files with bad lines or impossible gold answers. Each ends in one line
 
 import json
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -68,6 +70,9 @@ def test_missing_model_unknown_task_bad_device_and_max_length(model_dir, tmp_pat
     ({**ITEM, "label": "two"}, "label='two' is not an index into the 4 endings"),
     ({k: v for k, v in ITEM.items() if k != "endings"}, "missing field(s) endings"),
     ({**ITEM, "endings": "one string"}, "endings must be a list of at least two strings"),
+    ({**ITEM, "ctx_a": None}, ": ctx_a is null, expected a string (a hellaswag line has activity_label, ctx_a, ctx_b, ctx, "
+                              "endings, label)"),
+    ({**ITEM, "label": [1]}, ": label is a list, expected an index"),
     (None, "line 2 is not valid JSON (Expecting property name enclosed in double quotes)"),
 ])
 def test_bad_benchmark_lines_are_refused_with_file_and_line(model_dir, tmp_path, bad, message, refused):
@@ -75,6 +80,82 @@ def test_bad_benchmark_lines_are_refused_with_file_and_line(model_dir, tmp_path,
     line = refused(main, ["--model", str(model_dir), "--data-dir", str(data)])
     assert line.startswith(f"gpt-eval: error: {data / 'hellaswag' / 'hellaswag_val.jsonl'} line 2")
     assert message in line
+
+
+def test_a_field_of_the_wrong_type_names_the_file_and_line(model_dir, tmp_path, refused):
+    data = hellaswag_dir(tmp_path, [json.dumps(ITEM), json.dumps(ITEM), json.dumps({**ITEM, "ctx_a": None})])
+    line = refused(main, ["--model", str(model_dir), "--data-dir", str(data)])
+    assert line == (f"gpt-eval: error: {data / 'hellaswag' / 'hellaswag_val.jsonl'} line 3: ctx_a is null, expected a "
+                    "string (a hellaswag line has activity_label, ctx_a, ctx_b, ctx, endings, label)")
+
+
+def test_a_missing_or_unexpected_tensor_is_refused_naming_it(model_dir, tmp_path, refused):
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(model_dir, tmp_path / "m")
+    weights = load_file(tmp_path / "m" / "model.safetensors")
+    del weights["transformer.h.0.attn.c_attn.weight"]
+    save_file(weights, tmp_path / "m" / "model.safetensors", metadata={"format": "pt"})
+    line = refused(main, ["--model", str(tmp_path / "m"), "--data-dir", str(DATA), "--limit", "1"])
+    assert line == (f"gpt-eval: error: --model {tmp_path / 'm'}: the weights do not fit the model (missing "
+                    "transformer.h.0.attn.c_attn.weight): a missing tensor would be left random and an unexpected one "
+                    "dropped, so nothing is loaded; use the whole checkpoint the model was saved with")
+
+
+def test_pickle_weights_are_refused_without_advice_to_unpickle_them(model_dir, tmp_path, capsys, runs_code):
+    import torch
+
+    shutil.copytree(model_dir, tmp_path / "m", ignore=shutil.ignore_patterns("*.safetensors"))
+    marker = tmp_path / "code-ran"
+    torch.save({"transformer.wte.weight": runs_code(marker)}, tmp_path / "m" / "pytorch_model.bin")
+    with pytest.raises(SystemExit) as info:
+        main(["--model", str(tmp_path / "m"), "--data-dir", str(DATA), "--limit", "1"])
+    err = capsys.readouterr().err
+    assert info.value.code == 2
+    assert err == (f"gpt-eval: error: --model {tmp_path / 'm'}: refused pytorch_model.bin: pickle weights are never "
+                   "loaded, only safetensors ones; use a folder holding model.safetensors\n")
+    assert not marker.exists()
+
+
+def test_a_tokenizer_that_cannot_belong_to_the_model_is_refused(model_dir, tmp_path, refused):
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.train_from_iterator(["The cat sat on the mat.", "A man cuts an onion."],
+                            trainers.BpeTrainer(vocab_size=273, special_tokens=["<|endoftext|>"], show_progress=False,
+                                                initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    small = tmp_path / "small"
+    PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|endoftext|>").save_pretrained(small)
+    line = refused(main, ["--model", str(model_dir), "--tokenizer", str(small), "--data-dir", str(DATA), "--limit", "1"])
+    assert line == (f"gpt-eval: error: the tokenizer {small} has {bpe.get_vocab_size():,} tokens but the model's "
+                    "vocabulary 50,257: it cannot be the model's (a model's tokenizer has at most vocab_size tokens and "
+                    "at least 90% of them); pass --tokenizer with the tokenizer the model was trained with")
+
+
+def test_a_full_disk_at_the_output_leaves_nothing_behind(model_dir, tmp_path, monkeypatch, refused):
+    import errno
+
+    import evaluate.saving
+
+    def no_space(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    @contextmanager
+    def lock_file_that_stays(path):  # as filelock's Unix locks were before 3.12: the file is never deleted
+        Path(path).touch()
+        yield
+
+    # the write itself fails, after evaluate.save made its lock file beside the results file
+    monkeypatch.setattr(evaluate.saving, "FileLock", lock_file_that_stays)
+    monkeypatch.setattr(evaluate.saving, "json", SimpleNamespace(dump=no_space))
+    out = tmp_path / "results"
+    out.mkdir()
+    line = refused(main, ["--model", str(model_dir), "--data-dir", str(DATA), "--limit", "1",
+                          "--output", str(out / "res.json")], code=1)
+    assert line == "gpt-eval: error: No space left on device (disk full): free some space, then run the same command again"
+    assert list(out.iterdir()) == []
 
 
 def write_val_shards(folder: Path, tokenizer_hash: str) -> Path:

@@ -79,6 +79,7 @@ def run(tmp_path_factory):
     (root / "checkpoints" / "step_0000060").mkdir(parents=True)
     state = dict(step=60, tokens=60 * 8192, world_size=2, total_batch_tokens=8192, seq_len=256)
     (root / "checkpoints" / "step_0000060" / "trainer_state.json").write_text(json.dumps(state))
+    (root / "final" / "training_record.json").write_text(json.dumps(state))  # the trainer's record of final/
     save_results(EVAL, root / "eval_results.json", model_name="tiny", scoring="harness")
     (root / "loss.png").write_bytes(b"\x89PNG\r\n\x1a\n not really an image")
     return dict(root=root, model=model, tokenizer=tokenizer)
@@ -108,7 +109,8 @@ def test_fixture_model_learned_the_texts(run):
 def test_folder_contents(exported, run):
     files = {p.relative_to(exported / "remote").as_posix() for p in (exported / "remote").rglob("*") if p.is_file()}
     assert files == {"config.json", "configuration_gpt.py", "modeling_gpt.py", "convert.py", "network.py", "model.safetensors",
-                     "generation_config.json", "tokenizer.json", "tokenizer_config.json", "README.md", "plots/loss.png"}
+                     "generation_config.json", "tokenizer.json", "tokenizer_config.json", "README.md", "plots/loss.png",
+                     ".gpt-push-export.json"}  # the marker --overwrite looks for; never uploaded
     config = json.loads((exported / "remote" / "config.json").read_text())
     assert config["auto_map"]["AutoModelForCausalLM"] == "modeling_gpt.GPTForCausalLM"
     assert (exported / "remote" / "plots" / "loss.png").read_bytes() == (run["root"] / "loss.png").read_bytes()

@@ -122,6 +122,7 @@ def test_upload_sends_exactly_the_exported_folder(hub, final, tmp_path):
     assert (create["organization"], create["name"], create["visibility"]) == ("me", "tiny-gpt", "private")
     assert commit[0] == {"key": "header", "value": {"summary": "First tiny upload", "description": ""}}
     exported = {p.relative_to(out).as_posix(): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert exported.pop(".gpt-push-export.json")  # the marker of an export stays here
     assert {"config.json", "model.safetensors", "modeling_gpt.py", "tokenizer.json", "README.md"} <= set(exported)
     assert handler.files == {("exp-1", path): data for path, data in exported.items()}
     # the token is sent to the Hub and nowhere else: not printed, not written

@@ -100,6 +100,7 @@ def sandbox(tmp_path_factory):
     state = dict(step=4, tokens=8192, total_batch_tokens=2048, seq_len=128, world_size=1,
                  config={"data_dir": "data/fineweb-edu-mini", "init_from": None})
     (run / "checkpoints" / "step_0000004" / "trainer_state.json").write_text(json.dumps(state))
+    (run / "final" / "training_record.json").write_text(json.dumps(state))  # as the trainer writes it with final/
     # the main job's first step: the stand-in tokenized as configs/tiny.yaml says
     result = _run("gpt-tokenize --dataset ../shared/data/fineweb-edu-mini --name sample-10BT --output data/fineweb-edu-mini "
                   "--tokenizer ../shared/data/gpt2-tokenizer --shard-size 200000 --val-tokens 32768", repo)

@@ -66,6 +66,21 @@ def test_a_second_run_into_a_locked_folder_is_refused_with_the_holders_pid(done,
     assert "already complete" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("kind, link", [("a symbolic link", os.symlink), ("a hard link (2 names for one file)", os.link)])
+def test_a_lock_file_that_is_a_link_is_refused_and_its_target_untouched(tmp_path, refused, kind, link):
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    out = tmp_path / "o"
+    out.mkdir()
+    link(victim, out / ".lock")
+    argv = ["--data-files", str(write_docs(tmp_path / "docs.jsonl", 60)), "--output", str(out), *SMALL]
+    assert refused(tokenize_fineweb.main, argv) == (
+        f"gpt-tokenize: error: {out / '.lock'} is {kind}: a lock file is opened only as a plain file of its folder, "
+        "never through a link; remove it and run the same command again")
+    assert victim.read_text() == "precious\n"
+    assert sorted(p.name for p in out.iterdir()) == [".lock"]
+
+
 @pytest.mark.parametrize("damage", ["truncated", "missing", "longer"])
 def test_a_damaged_shard_is_never_reported_complete(done, damage, refused):
     out, argv = done

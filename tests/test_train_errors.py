@@ -94,6 +94,39 @@ def test_init_from_a_folder_that_does_not_exist_is_named(data, tmp_path, refused
                     "or a Hub id")
 
 
+@pytest.mark.parametrize("source", ["final", "checkpoint"])
+def test_init_from_weights_with_a_missing_or_unexpected_tensor_is_refused_naming_it(run, data, tmp_path, refused, source):
+    from safetensors.torch import load_file, save_file
+
+    folder = run / "final" if source == "final" else run / "checkpoints" / "step_0000004"
+    weights = load_file(folder / "model.safetensors")
+    del weights["transformer.h.0.attn.c_attn.weight"]
+    weights["transformer.h.9.extra"] = torch.zeros(3)
+    save_file(weights, folder / "model.safetensors", metadata={"format": "pt"})
+    line = refused(train_accelerate.main, argv(data, tmp_path / "out", "--init_from", str(folder)))
+    assert line == (f"gpt-train: error: init_from {folder}: the weights do not fit the model (missing "
+                    "transformer.h.0.attn.c_attn.weight; unexpected transformer.h.9.extra): a missing tensor would be "
+                    "left random and an unexpected one dropped, so nothing is loaded; use the whole checkpoint the model "
+                    "was saved with")
+    assert not (tmp_path / "out" / "checkpoints").exists()
+
+
+def test_init_from_pickle_weights_is_refused_without_advice_to_unpickle_them(run, data, tmp_path, capsys, runs_code):
+    final = run / "final"
+    (final / "model.safetensors").unlink()
+    marker = tmp_path / "code-ran"
+    torch.save({"transformer.wte.weight": runs_code(marker)}, final / "pytorch_model.bin")
+    with pytest.raises(SystemExit) as info:
+        train_accelerate.main(argv(data, tmp_path / "out", "--init_from", str(final)))
+    err = capsys.readouterr().err
+    assert info.value.code == 2
+    assert err.strip().splitlines()[-1] == (f"gpt-train: error: init_from {final}: refused pytorch_model.bin: pickle "
+                                            "weights are never loaded, only safetensors ones; use a folder holding "
+                                            "model.safetensors")
+    assert "weights_only" not in err and "Traceback" not in err
+    assert not marker.exists()
+
+
 HOLD_LOCK = """
 import sys, time
 from cli_guard import FolderLock
@@ -119,6 +152,26 @@ def test_a_second_run_into_a_locked_output_dir_is_refused_with_the_holders_pid(r
     train_accelerate.main(argv(data, run, "--resume_from_checkpoint", "latest", "--max_steps", "6",
                                         "--allow_config_change"))
     assert steps_logged(run) == [1, 2, 3, 4, 5, 6]
+
+
+@pytest.mark.parametrize("make", ["symlink", "folder"])
+def test_a_lock_file_that_is_not_a_plain_file_is_refused_and_nothing_outside_is_written(run, data, tmp_path, refused,
+                                                                                      tree_digest, make):
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    (run / ".lock").unlink()
+    if make == "symlink":
+        (run / ".lock").symlink_to(victim)
+    else:
+        (run / ".lock").mkdir()
+    before = tree_digest(run)
+    line = refused(train_accelerate.main, argv(data, run, "--resume_from_checkpoint", "latest", "--max_steps", "6",
+                                               "--allow_config_change"))
+    kind = "a symbolic link" if make == "symlink" else "not a plain file"
+    assert line == (f"gpt-train: error: {run / '.lock'} is {kind}: a lock file is opened only as a plain file of its "
+                    "folder, never through a link; remove it and run the same command again")
+    assert victim.read_text() == "precious\n"
+    assert tree_digest(run) == before
 
 
 def test_a_finished_run_without_checkpoints_is_not_replaced_unasked(run, data, refused, tree_digest):
@@ -165,24 +218,16 @@ def test_resume_refuses_another_data_set_and_max_steps_below_the_checkpoint(run,
     assert tree_digest(run) == before
 
 
-class RunsCode:
-    def __init__(self, marker):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return os.mkdir, (self.marker,)
-
-
 @pytest.mark.parametrize("crafted", ["pytorch_model_fsdp_0/.metadata", "optimizer.bin", "random_states_0.pkl"])
-def test_a_crafted_pickle_in_a_checkpoint_is_refused_and_never_run(run, data, tmp_path, refused, crafted):
+def test_a_crafted_pickle_in_a_checkpoint_is_refused_and_never_run(run, data, tmp_path, refused, crafted, runs_code):
     step4 = run / "checkpoints" / "step_0000004"
     marker = tmp_path / "code-ran"
     file = step4 / crafted
     file.parent.mkdir(exist_ok=True)
     if crafted.endswith(".metadata"):
-        file.write_bytes(pickle.dumps(RunsCode(marker)))  # torch.distributed.checkpoint's format: a plain pickle
+        file.write_bytes(pickle.dumps(runs_code(marker)))  # torch.distributed.checkpoint's format: a plain pickle
     else:
-        torch.save({"state": RunsCode(marker)}, file)  # torch.save's format, as accelerate writes these
+        torch.save({"state": runs_code(marker)}, file)  # torch.save's format, as accelerate writes these
     line = refused(train_accelerate.main, argv(data, run, "--resume_from_checkpoint", str(step4)), code=1)
     assert line.startswith(f"gpt-train: error: checkpoint {step4} is damaged (UserError: refused {file}: ")
     assert "posix.mkdir" in line
@@ -262,6 +307,54 @@ def test_a_full_disk_during_the_export_keeps_the_checkpoints_and_the_same_comman
     train_accelerate.main(argv(data, out, "--resume_from_checkpoint", "latest"))
     assert (out / "final" / "model.safetensors").is_file()
     assert tree_digest(out / "checkpoints") == checkpoints
+
+
+def test_final_carries_its_own_record_and_gpt_push_reads_it_not_the_newest_checkpoint(run, data, tmp_path, monkeypatch,
+                                                                                        refused):
+    """A resume to step 6 whose export fails: final/ still holds step 4's weights, the newest checkpoint is step 6,
+    and the card says 4."""
+    import errno
+
+    import push_to_hub
+    from modeling_gpt import GPTForCausalLM
+
+    record = json.loads((run / "final" / "training_record.json").read_text())
+    assert (record["step"], record["tokens"], record["total_batch_tokens"]) == (4, 256, 64)
+
+    def no_space(self, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(GPTForCausalLM, "save_pretrained", no_space)
+    refused(train_accelerate.main, argv(data, run, "--resume_from_checkpoint", "latest", "--max_steps", "6",
+                                        "--allow_config_change"), code=1)
+    monkeypatch.undo()
+    assert train_accelerate.CheckpointManager(run / "checkpoints").latest().name == "step_0000006"
+    push_to_hub.main(["--checkpoint", str(run / "final"), "--repo-id", "me/tiny", "--dry-run", "--prompts",
+                      "--output-dir", str(tmp_path / "hub")])
+    card = (tmp_path / "hub" / "README.md").read_text()
+    assert "| Optimizer steps | 4 |" in card and "| Tokens seen | 256 (256) |" in card
+
+
+def test_a_verified_shard_altered_with_its_mtime_restored_is_caught_on_resume(data, tmp_path, refused):
+    shards = tmp_path / "shards"
+    shutil.copytree(data / "shards", shards)
+    out = tmp_path / "out"
+    train_accelerate.main(argv(data, out, "--data_dir", str(shards), "--max_steps", "2"))  # verified and recorded
+    manifest = json.loads((shards / "manifest.json").read_text())
+    shard = shards / next(s["file"] for s in manifest["shards"] if s["split"] == "train")
+    before = os.stat(shard)
+    with open(shard, "r+b") as f:  # one byte, in place: same size, same inode
+        f.seek(100)
+        byte = f.read(1)
+        f.seek(100)
+        f.write(bytes([byte[0] ^ 1]))
+    os.utime(shard, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert os.stat(shard).st_mtime_ns == before.st_mtime_ns
+    line = refused(train_accelerate.main, argv(data, out, "--data_dir", str(shards), "--max_steps", "4",
+                                               "--resume_from_checkpoint", "latest", "--allow_config_change"))
+    assert line.startswith(f"gpt-train: error: shard {shard} is corrupt: sha256 ")
+    assert line.endswith(f"does not match {next(s['sha256'] for s in manifest['shards'] if s['file'] == shard.name)} in "
+                         f"{shards / 'manifest.json'}")
 
 
 def test_weights_that_turn_non_finite_are_never_saved(tmp_path):
