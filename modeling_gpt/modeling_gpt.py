@@ -42,6 +42,25 @@ def eager_attention_forward(module, query, key, value, attention_mask, scaling, 
     return out, att
 
 
+def causal_mask(config, inputs_embeds, attention_mask, position_ids, cache, past):
+    """The mask for the attention, or None where the kernel's own is_causal=True is the whole mask.
+
+    No padding mask, no positions of the caller's (packed sequences) and nothing cached: sdpa and flash attention
+    need no mask, and we decide it from Python values alone. transformers' create_causal_mask decides it too, but never
+    when traced (upstream issue 48925), so a compiled forward would hand sdpa a (B, 1, T, T) mask and is_causal=False.
+    Everything else goes to create_causal_mask unchanged, which eagerly also skips an all-ones attention_mask (by
+    reading it); under compile such a mask is kept. The caller's position_ids (None: ours, never packed) go as given.
+    """
+    if (attention_mask is None and position_ids is None and isinstance(past, int) and past == 0
+            and not getattr(cache, "is_compileable", False)
+            and (config._attn_implementation == "sdpa" or config._attn_implementation.startswith("flash_attention"))):
+        return None
+    return create_causal_mask(
+        config=config, inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids,
+        **{CACHE: cache},
+    )
+
+
 class GPTRMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float):
         super().__init__()
@@ -278,13 +297,10 @@ class GPTModel(GPTPreTrainedModel):
                 f"{past + inputs_embeds.shape[1]} tokens (cache included) exceed the model's n_positions="
                 f"{self.config.n_positions}: shorten the input or max_new_tokens"
             )
+        mask = causal_mask(self.config, inputs_embeds, attention_mask, position_ids, cache, past)
         if position_ids is None:
             position_ids = (torch.arange(inputs_embeds.shape[1], device=inputs_embeds.device) + past)[None]
 
-        mask = create_causal_mask(
-            config=self.config, inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids,
-            **{CACHE: cache},
-        )
         x = inputs_embeds
         position_embeddings = None
         if self.config.position_embedding == "learned":
