@@ -93,6 +93,12 @@ class ModelArguments:
     gradient_checkpointing: bool = field(
         default=False, metadata={"help": "Recompute activations in the backward pass to save memory."}
     )
+    fused_loss: bool = field(
+        default=False,
+        metadata={"help": "Training loss straight from the last hidden states, never the (B, T, V) logits: Liger "
+                  "Kernel's fused linear cross-entropy on CUDA where installed (pip install -e \".[gpu]\"), else "
+                  "a chunked PyTorch version. Same loss and gradients; evaluation still computes logits."},
+    )
 
 
 @dataclass
@@ -568,6 +574,7 @@ def build_model(model_args: ModelArguments, vocab_size: int, eot_id: int) -> GPT
         )
         config._attn_implementation = model_args.attn_implementation
         model = GPTForCausalLM(config)
+    model.config.fused_loss = model_args.fused_loss
     if model_args.gradient_checkpointing:
         # transformers >= 5.23 names it activation checkpointing; gradient_checkpointing_enable is its deprecated alias
         (getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable)()

@@ -18,6 +18,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutpu
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from .configuration_gpt import GPTConfig
+from .loss import fused_linear_cross_entropy
 
 # transformers 5.24 renamed the KV cache from `past_key_values` to `cache` (in forward, outputs and masks). This file
 # runs as remote code on whatever release a user has: it takes the cache under either name and passes it on under
@@ -350,6 +351,7 @@ class GPTForCausalLM(GPTPreTrainedModel, GenerationMixin):
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
+        skip_logits: bool | None = None,
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
@@ -362,19 +364,35 @@ class GPTForCausalLM(GPTPreTrainedModel, GenerationMixin):
             output_attentions=output_attentions, output_hidden_states=output_hidden_states, return_dict=True, **kwargs,
         )
         keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
-        logits = self.lm_head(out.last_hidden_state[:, keep, :])  # (B, T, padded_vocab_size)
-        loss = None
-        if labels is not None:
-            # -inf on the padded columns lets the loss read the contiguous padded logits: no copy of a sliced
-            # (B, T, V) tensor forward or backward, and still no probability mass on the padded ids
-            logits[..., self.config.vocab_size :] = float("-inf")
-            loss = self.loss_function(logits=logits, labels=labels, vocab_size=logits.shape[-1], **kwargs)
-        # the padded vocabulary rows exist only for speed: they are never returned, scored or sampled
+        hidden = out.last_hidden_state[:, keep, :]
+        loss, logits = self.loss_and_logits(hidden, labels, skip_logits, **kwargs)
         result = CausalLMOutputWithPast(
-            loss=loss, logits=logits[..., : self.config.vocab_size], hidden_states=out.hidden_states,
+            loss=loss, logits=logits, hidden_states=out.hidden_states,
             attentions=out.attentions, **{CACHE: getattr(out, CACHE)},
         )
         return self.as_requested(result, return_dict)
+
+    def loss_and_logits(self, hidden, labels, skip_logits, **kwargs):
+        """(loss, logits over the real vocabulary). `skip_logits` (Liger's name; default: training with labels and
+        `config.fused_loss`) computes the loss straight from `hidden` and returns no logits."""
+        if skip_logits is None:
+            skip_logits = self.config.fused_loss and self.training and labels is not None
+        if skip_logits:
+            if labels is None:
+                raise ValueError("skip_logits=True needs labels: without them there is no loss to compute")
+            loss = fused_linear_cross_entropy(hidden, self.lm_head.weight, labels, self.config.vocab_size, **kwargs)
+            return loss, None
+        logits = self.lm_head(hidden)  # (B, T, padded_vocab_size)
+        loss = None
+        if labels is not None:
+            # -inf on the padded columns lets the loss read the contiguous padded logits (no copy of a sliced (B, T, V)
+            # tensor) with no probability mass on the padded ids; outside autograd, because their gradient is zero
+            # anyway and a recorded in-place write would copy the whole gradient in backward
+            with torch.no_grad():
+                logits[..., self.config.vocab_size :] = float("-inf")
+            loss = self.loss_function(logits=logits, labels=labels, vocab_size=logits.shape[-1], **kwargs)
+        # the padded vocabulary rows exist only for speed: they are never returned, scored or sampled
+        return loss, logits[..., : self.config.vocab_size]
 
     def to_hf_native(self):
         """The same weights as transformers' own GPT2LMHeadModel (classic) or LlamaForCausalLM (modern)."""

@@ -1,0 +1,84 @@
+"""The causal-LM loss straight from the last hidden states: lm_head and cross-entropy fused, no (B, T, V) logits.
+
+Liger Kernel's Triton kernel on CUDA when it is installed (`pip install -e ".[gpu]"`), else a chunked PyTorch
+version. Shipped to the Hub as remote code next to modeling_gpt.py: imports nothing but torch (Liger only inside a
+try, which transformers' check of remote-code imports skips).
+"""
+
+import torch
+import torch.nn.functional as F
+
+
+def liger_kernel():
+    try:
+        from liger_kernel.transformers.functional import liger_fused_linear_cross_entropy
+    except ImportError:
+        return None
+    return liger_fused_linear_cross_entropy
+
+
+def chunk_loss(hidden, weight, targets, vocab_size, ignore_index):
+    """(summed loss, d loss / d logits) of one chunk of tokens; the padded vocabulary columns get no probability."""
+    logits = (hidden @ weight.t()).float()  # (n, padded V), in fp32 like transformers' loss
+    logits[:, vocab_size:] = float("-inf")
+    valid = targets != ignore_index
+    picked = torch.where(valid, targets, 0)
+    lse = torch.logsumexp(logits, dim=-1)
+    loss = ((lse - logits.gather(1, picked[:, None]).squeeze(1)) * valid).sum()
+    grad = torch.exp(logits - lse[:, None])
+    grad.scatter_add_(1, picked[:, None], -torch.ones_like(grad[:, :1]))
+    return loss, grad * valid[:, None]
+
+
+class ChunkedLinearCrossEntropy(torch.autograd.Function):
+    """Summed cross-entropy of `hidden @ weight.T`, a chunk of tokens at a time; the gradients are computed in the
+    forward (as Liger's kernel does), so no chunk's logits outlive it and backward only scales them."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, targets, vocab_size, ignore_index, need_grad):
+        # chunks of about as many logits as the hidden states hold: the extra memory stays that of one activation
+        chunk = -(-hidden.shape[0] // -(-weight.shape[0] // hidden.shape[1]))
+        total = torch.zeros((), device=hidden.device, dtype=torch.float32)
+        grad_hidden = torch.zeros_like(hidden) if need_grad else None
+        grad_weight = torch.zeros_like(weight, dtype=torch.float32) if need_grad else None
+        for start in range(0, hidden.shape[0], chunk):
+            h, t = hidden[start : start + chunk], targets[start : start + chunk]
+            loss, grad = chunk_loss(h, weight, t, vocab_size, ignore_index)
+            total = total + loss
+            if need_grad:
+                grad = grad.to(weight.dtype)
+                grad_hidden[start : start + chunk] = grad @ weight
+                grad_weight += grad.t() @ h
+        if need_grad:
+            ctx.save_for_backward(grad_hidden, grad_weight.to(weight.dtype))
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_total):
+        grad_hidden, grad_weight = ctx.saved_tensors
+        return grad_hidden * grad_total, grad_weight * grad_total, None, None, None, None
+
+
+def fused_linear_cross_entropy(hidden, weight, labels, vocab_size, num_items_in_batch=None, ignore_index=-100,
+                               shift_labels=None, **kwargs):
+    """transformers' ForCausalLMLoss of `hidden @ weight.T` over the first `vocab_size` columns, without the logits.
+
+    `hidden` is (B, T, C), `weight` the (padded V, C) head; the padded rows never enter the softmax. Labels are
+    shifted as in ForCausalLMLoss unless `shift_labels` is given; the mean is over the targets that are not
+    `ignore_index`, or the sum divided by `num_items_in_batch` when given.
+    """
+    if shift_labels is None:
+        shift_labels = F.pad(labels, (0, 1), value=ignore_index)[..., 1:]
+    hidden = hidden.reshape(-1, hidden.shape[-1])
+    targets = shift_labels.reshape(-1).to(hidden.device)
+    liger = liger_kernel() if hidden.is_cuda else None
+    if liger is not None:  # the weight's real rows: a view, and Liger never sees the padded ones
+        total = liger(hidden, weight[:vocab_size], targets, ignore_index=ignore_index, reduction="sum")
+    else:
+        need_grad = torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)
+        total = ChunkedLinearCrossEntropy.apply(hidden, weight, targets, vocab_size, ignore_index, need_grad)
+    if num_items_in_batch is None:
+        return total / (targets != ignore_index).sum()
+    if torch.is_tensor(num_items_in_batch):
+        num_items_in_batch = num_items_in_batch.to(total.device)
+    return total / num_items_in_batch
