@@ -3,10 +3,19 @@
 Tolerance: fp32, loss atol 1e-6, gradients atol 1e-6 / rtol 1e-5 (only the order of the sums differs).
 """
 
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
 from modeling_gpt import GPTConfig, GPTForCausalLM
+from train_accelerate import MetricsLog
+
+REPO = Path(__file__).resolve().parents[1]
 
 VOCAB = 1000  # pads to 1024: the padded rows must never enter the softmax
 VARIANTS = ["tiny", "gpt2.5"]
@@ -95,3 +104,37 @@ def test_training_step_compiles_in_one_graph(preset, fused):
     torch._dynamo.reset()
     for name, p in model.named_parameters():
         torch.testing.assert_close(p.grad, eager[name], atol=1e-6, rtol=1e-5, msg=name)
+
+
+RECIPE = """\
+model_preset: tiny
+micro_batch_size: 4
+seq_len: 64
+total_batch_tokens: 512
+max_steps: 4
+learning_rate: 3.0e-3
+warmup_steps: 2
+eval_interval: 4
+val_batches: 2
+log_interval: 1
+save_interval: 0
+tracker: none
+"""
+
+
+@pytest.mark.slow
+def test_the_trainer_with_fused_loss_follows_the_plain_run(tmp_path, mini_data):
+    (tmp_path / "recipe.yaml").write_text(RECIPE)
+    losses = {}
+    for fused in ("false", "true"):
+        out = tmp_path / f"fused_{fused}"
+        argv = [sys.executable, str(REPO / "train_accelerate.py"), "--config", str(tmp_path / "recipe.yaml"),
+                "--data_dir", str(mini_data), "--output_dir", str(out), "--fused_loss", fused]
+        done = subprocess.run(argv, cwd=REPO, capture_output=True, text=True,
+                              env={**os.environ, "OMP_NUM_THREADS": "1"})
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert json.loads((out / "final" / "config.json").read_text())["fused_loss"] is (fused == "true")
+        losses[fused] = [(r["loss"], r.get("val_loss")) for r in MetricsLog(out / "metrics.jsonl").read()]
+    assert len(losses["true"]) == 4
+    for (loss, val), (want, want_val) in zip(losses["true"], losses["false"]):
+        assert loss == pytest.approx(want, abs=1e-5) and (val == want_val or val == pytest.approx(want_val, abs=1e-5))
