@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from modeling_gpt import GPTConfig, GPTForCausalLM
+from modeling_gpt.loss import fused_linear_cross_entropy
 from train_accelerate import MetricsLog
 
 REPO = Path(__file__).resolve().parents[1]
@@ -88,6 +89,22 @@ def test_fused_loss_without_gradients_equals_the_plain_path():
     with torch.no_grad():
         fused, plain = model(x, labels=x, skip_logits=True).loss, model(x, labels=x).loss
     torch.testing.assert_close(fused, plain, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 60, 1024])
+def test_chunks_of_any_size_give_the_plain_loss_and_gradients(chunk):
+    torch.manual_seed(0)
+    hidden = torch.randn(3, 20, 64, requires_grad=True)
+    weight = (0.1 * torch.randn(1024, 64)).requires_grad_()
+    labels = batch()
+    labels[1, 4:9] = -100
+    logits = hidden @ weight[:VOCAB].t()
+    plain = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, VOCAB), labels[:, 1:].reshape(-1))
+    want = torch.autograd.grad(plain, (hidden, weight))
+    fused = fused_linear_cross_entropy(hidden, weight, labels, VOCAB, chunk=chunk)
+    torch.testing.assert_close(fused, plain, atol=1e-6, rtol=0)
+    for got, expected in zip(torch.autograd.grad(fused, (hidden, weight)), want):
+        torch.testing.assert_close(got, expected, atol=1e-6, rtol=1e-5)
 
 
 @pytest.mark.slow
