@@ -1,7 +1,7 @@
 """The training loss head alone (lm_head + cross-entropy, forward and backward): peak memory and time, our
 GPTForCausalLM's paths against transformers' GPT2LMHeadModel head, at GPT-2's vocabulary.
 
-    python bench/bench_loss.py --save                                    # CPU: 512 tokens, width 768, fp32
+    python bench/bench_loss.py --tokens 4096 --steps 1 --save            # CPU: 4096 tokens, width 768, fp32
     python bench/bench_loss.py --device cuda --tokens 16384 --dtype bf16  # one GPU: 16 x 1024, bf16 autocast
 
 transformers   GPT2LMHeadModel's head: logits over the 50257 real rows, then ForCausalLMLoss (a float32 copy of the

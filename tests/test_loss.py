@@ -155,3 +155,17 @@ def test_the_trainer_with_fused_loss_follows_the_plain_run(tmp_path, mini_data):
     assert len(losses["true"]) == 4
     for (loss, val), (want, want_val) in zip(losses["true"], losses["false"]):
         assert loss == pytest.approx(want, abs=1e-5) and (val == want_val or val == pytest.approx(want_val, abs=1e-5))
+
+
+@pytest.mark.slow
+def test_bench_loss_runs_every_path_to_the_same_loss(tmp_path):
+    out = tmp_path / "loss.json"
+    done = subprocess.run([sys.executable, str(REPO / "bench" / "bench_loss.py"), "--device", "cpu", "--tokens", "64",
+                           "--n_embd", "64", "--steps", "1", "--output", str(out)], cwd=REPO, capture_output=True,
+                          text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["path"] for r in rows] == ["transformers", "ours_before", "ours_plain", "ours_fused"]
+    assert rows[0]["memory_vs_transformers"] == rows[0]["speed_vs_transformers"] == 1.0
+    for r in rows:
+        assert r["loss"] == pytest.approx(rows[0]["loss"], abs=1e-5) and r["kernel"] == "pytorch"
