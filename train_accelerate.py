@@ -837,7 +837,8 @@ RESUME_SETTINGS = ("max_steps", "warmup_steps", "learning_rate", "min_lr_ratio",
 # model config entries that do not change the trained function
 MODEL_CONFIG_IGNORED = {"transformers_version", "architectures", "auto_map", "dtype", "torch_dtype", "use_cache",
                         "_name_or_path", "_attn_implementation", "output_hidden_states", "output_attentions", "return_dict",
-                        "id2label", "label2id", "problem_type", "chunk_size_feed_forward", "is_encoder_decoder"}
+                        "id2label", "label2id", "problem_type", "chunk_size_feed_forward", "is_encoder_decoder",
+                        "fused_loss"}
 
 
 def data_identity(data_dir, manifest: dict) -> dict:
