@@ -11,12 +11,11 @@ import torch.nn.functional as F
 MIN_CHUNK = 1024  # tokens
 
 
-def liger_kernel():
-    try:
-        from liger_kernel.transformers.functional import liger_fused_linear_cross_entropy
-    except ImportError:
-        return None
-    return liger_fused_linear_cross_entropy
+# looked up once, at import: an import inside the forward would stop torch.compile's graph where Liger is missing
+try:
+    from liger_kernel.transformers.functional import liger_fused_linear_cross_entropy
+except ImportError:
+    liger_fused_linear_cross_entropy = None
 
 
 def chunk_loss(hidden, weight, targets, vocab_size, ignore_index):
@@ -78,9 +77,10 @@ def fused_linear_cross_entropy(hidden, weight, labels, vocab_size, num_items_in_
         shift_labels = F.pad(labels, (0, 1), value=ignore_index)[..., 1:]
     hidden = hidden.reshape(-1, hidden.shape[-1])
     targets = shift_labels.reshape(-1).to(hidden.device)
-    liger = liger_kernel() if hidden.is_cuda else None
-    if liger is not None:  # the weight's real rows: a view, and Liger never sees the padded ones
-        total = liger(hidden, weight[:vocab_size], targets, ignore_index=ignore_index, reduction="sum")
+    if hidden.is_cuda and liger_fused_linear_cross_entropy is not None:
+        # the weight's real rows: a view, and Liger never sees the padded ones
+        total = liger_fused_linear_cross_entropy(hidden, weight[:vocab_size], targets, ignore_index=ignore_index,
+                                                 reduction="sum")
     else:
         need_grad = torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)
         chunk = chunk or chunk_tokens(*hidden.shape, weight.shape[0])
