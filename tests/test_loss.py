@@ -113,11 +113,11 @@ def test_chunks_of_any_size_give_the_plain_loss_and_gradients(chunk):
 def test_training_step_compiles_in_one_graph(preset, fused):
     model = tiny(preset, fused_loss=fused)
     x = batch()
-    _, eager = loss_and_grads(model, input_ids=x, labels=x)
+    _, eager = loss_and_grads(model, input_ids=x, labels=x, shift_labels=x)
     torch._dynamo.reset()
     compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
     model.zero_grad()
-    compiled(input_ids=x, labels=x).loss.backward()
+    compiled(input_ids=x, labels=x, shift_labels=x).loss.backward()  # as the trainer calls it
     torch._dynamo.reset()
     for name, p in model.named_parameters():
         torch.testing.assert_close(p.grad, eager[name], atol=1e-6, rtol=1e-5, msg=name)
