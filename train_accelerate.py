@@ -95,6 +95,12 @@ class ModelArguments:
     gradient_checkpointing: bool = field(
         default=False, metadata={"help": "Recompute activations in the backward pass to save memory."}
     )
+    fused_loss: bool = field(
+        default=False,
+        metadata={"help": "Training loss straight from the last hidden states, never the (B, T, V) logits: Liger "
+                  "Kernel's fused linear cross-entropy on CUDA where installed (pip install -e \".[gpu]\"), else "
+                  "a chunked PyTorch version. Same loss and gradients; evaluation still computes logits."},
+    )
 
 
 @dataclass
@@ -572,6 +578,7 @@ def build_model(model_args: ModelArguments, vocab_size: int, eot_id: int) -> GPT
         )
         config._attn_implementation = model_args.attn_implementation
         model = GPTForCausalLM(config)
+    model.config.fused_loss = model_args.fused_loss
     if model_args.gradient_checkpointing:
         # transformers >= 5.23 names it activation checkpointing; gradient_checkpointing_enable is its deprecated alias
         (getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable)()
@@ -827,7 +834,8 @@ RESUME_SETTINGS = ("max_steps", "warmup_steps", "learning_rate", "min_lr_ratio",
 # model config entries that do not change the trained function
 MODEL_CONFIG_IGNORED = {"transformers_version", "architectures", "auto_map", "dtype", "torch_dtype", "use_cache",
                         "_name_or_path", "_attn_implementation", "output_hidden_states", "output_attentions", "return_dict",
-                        "id2label", "label2id", "problem_type", "chunk_size_feed_forward", "is_encoder_decoder"}
+                        "id2label", "label2id", "problem_type", "chunk_size_feed_forward", "is_encoder_decoder",
+                        "fused_loss"}
 
 
 def data_identity(data_dir, manifest: dict) -> dict:

@@ -58,6 +58,9 @@ class GPTConfig(PretrainedConfig):
             the modern variant with it exports as `Qwen3ForCausalLM`).
         zero_init_residual: start the residual projections (attention and MLP `c_proj`) at zero, so that
             every block begins as the identity. Changes the init only.
+        fused_loss: in training with labels, compute the loss straight from the last hidden states, a chunk of
+            tokens at a time (Liger Kernel's fused linear cross-entropy on CUDA where installed), so the (B, T, V)
+            logits never exist and `logits` is None; the forward's `skip_logits` overrides it per call.
     """
 
     model_type = "gpt"
@@ -92,6 +95,7 @@ class GPTConfig(PretrainedConfig):
         tie_word_embeddings=True,
         qk_norm=False,
         zero_init_residual=False,
+        fused_loss=False,
         bos_token_id=50256,
         eos_token_id=50256,
         pad_token_id=None,
@@ -118,6 +122,7 @@ class GPTConfig(PretrainedConfig):
         self.tie_word_embeddings = tie_word_embeddings
         self.qk_norm = qk_norm
         self.zero_init_residual = zero_init_residual
+        self.fused_loss = fused_loss
         self.use_cache = use_cache
         self.bos_token_id = bos_token_id
         self.eos_token_id = eos_token_id
@@ -157,7 +162,7 @@ class GPTConfig(PretrainedConfig):
                 f"position_embedding='rope' needs an even head size, got n_embd/n_head = "
                 f"{self.n_embd}/{self.n_head} = {self.head_dim}"
             )
-        for field in ("qk_norm", "zero_init_residual"):
+        for field in ("qk_norm", "zero_init_residual", "fused_loss"):
             if not isinstance(getattr(self, field), bool):
                 raise ValueError(f"{field}={getattr(self, field)!r} must be true or false")
         if not 0.0 <= self.dropout < 1.0:

@@ -20,6 +20,7 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.utils import logging
 
 from .configuration_gpt import GPTConfig
+from .loss import fused_linear_cross_entropy
 
 logger = logging.get_logger(__name__)
 
@@ -53,6 +54,25 @@ def eager_attention_forward(module, query, key, value, attention_mask, scaling, 
     att = F.dropout(att, p=dropout, training=module.training)
     out = torch.matmul(att, value).transpose(1, 2).contiguous()  # (B, T, nh, hs)
     return out, att
+
+
+def causal_mask(config, inputs_embeds, attention_mask, position_ids, cache, past):
+    """The mask for the attention, or None where the kernel's own is_causal=True is the whole mask.
+
+    No padding mask, no positions of the caller's (packed sequences) and nothing cached: sdpa and flash attention
+    need no mask, and we decide it from Python values alone. transformers' create_causal_mask decides it too, but never
+    when traced (upstream issue 48925), so a compiled forward would hand sdpa a (B, 1, T, T) mask and is_causal=False.
+    Everything else goes to create_causal_mask unchanged, which eagerly also skips an all-ones attention_mask (by
+    reading it); under compile such a mask is kept. The caller's position_ids (None: ours, never packed) go as given.
+    """
+    if (attention_mask is None and position_ids is None and isinstance(past, int) and past == 0
+            and not getattr(cache, "is_compileable", False)
+            and (config._attn_implementation == "sdpa" or config._attn_implementation.startswith("flash_attention"))):
+        return None
+    return create_causal_mask(
+        config=config, inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids,
+        **{CACHE: cache},
+    )
 
 
 class GPTRMSNorm(nn.Module):
@@ -314,17 +334,14 @@ class GPTModel(GPTPreTrainedModel):
             cache = DynamicCache(config=self.config)
         past = cache.get_seq_length() if cache is not None else 0
         self.check_positions(position_ids, past, inputs_embeds.shape[1])
-        if position_ids is None:
-            position_ids = (torch.arange(inputs_embeds.shape[1], device=inputs_embeds.device) + past)[None]
-
         mask_config = self.config
         if implementation != self.config._attn_implementation:
             mask_config = copy.copy(self.config)
             mask_config._attn_implementation = implementation
-        mask = create_causal_mask(
-            config=mask_config, inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids,
-            **{CACHE: cache},
-        )
+        mask = causal_mask(mask_config, inputs_embeds, attention_mask, position_ids, cache, past)
+        if position_ids is None:
+            position_ids = (torch.arange(inputs_embeds.shape[1], device=inputs_embeds.device) + past)[None]
+
         x = inputs_embeds
         position_embeddings = None
         if self.config.position_embedding == "learned":
@@ -376,6 +393,7 @@ class GPTForCausalLM(GPTPreTrainedModel, GenerationMixin):
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
+        skip_logits: bool | None = None,
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
@@ -388,19 +406,35 @@ class GPTForCausalLM(GPTPreTrainedModel, GenerationMixin):
             output_attentions=output_attentions, output_hidden_states=output_hidden_states, return_dict=True, **kwargs,
         )
         keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
-        logits = self.lm_head(out.last_hidden_state[:, keep, :])  # (B, T, padded_vocab_size)
-        loss = None
-        if labels is not None:
-            # -inf on the padded columns lets the loss read the contiguous padded logits: no copy of a sliced
-            # (B, T, V) tensor forward or backward, and still no probability mass on the padded ids
-            logits[..., self.config.vocab_size :] = float("-inf")
-            loss = self.loss_function(logits=logits, labels=labels, vocab_size=logits.shape[-1], **kwargs)
-        # the padded vocabulary rows exist only for speed: they are never returned, scored or sampled
+        hidden = out.last_hidden_state[:, keep, :]
+        loss, logits = self.loss_and_logits(hidden, labels, skip_logits, **kwargs)
         result = CausalLMOutputWithPast(
-            loss=loss, logits=logits[..., : self.config.vocab_size], hidden_states=out.hidden_states,
+            loss=loss, logits=logits, hidden_states=out.hidden_states,
             attentions=out.attentions, **{CACHE: getattr(out, CACHE)},
         )
         return self.as_requested(result, return_dict)
+
+    def loss_and_logits(self, hidden, labels, skip_logits, **kwargs):
+        """(loss, logits over the real vocabulary). `skip_logits` (Liger's name; default: training with labels and
+        `config.fused_loss`) computes the loss straight from `hidden` and returns no logits."""
+        if skip_logits is None:
+            skip_logits = self.config.fused_loss and self.training and labels is not None
+        if skip_logits:
+            if labels is None:
+                raise ValueError("skip_logits=True needs labels: without them there is no loss to compute")
+            loss = fused_linear_cross_entropy(hidden, self.lm_head.weight, labels, self.config.vocab_size, **kwargs)
+            return loss, None
+        logits = self.lm_head(hidden)  # (B, T, padded_vocab_size)
+        loss = None
+        if labels is not None:
+            # -inf on the padded columns lets the loss read the contiguous padded logits (no copy of a sliced (B, T, V)
+            # tensor) with no probability mass on the padded ids; outside autograd, because their gradient is zero
+            # anyway and a recorded in-place write would copy the whole gradient in backward
+            with torch.no_grad():
+                logits[..., self.config.vocab_size :] = float("-inf")
+            loss = self.loss_function(logits=logits, labels=labels, vocab_size=logits.shape[-1], **kwargs)
+        # the padded vocabulary rows exist only for speed: they are never returned, scored or sampled
+        return loss, logits[..., : self.config.vocab_size]
 
     def to_hf_native(self):
         """The same weights as transformers' own GPT2LMHeadModel (classic) or LlamaForCausalLM (modern)."""
