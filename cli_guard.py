@@ -17,6 +17,7 @@
   another shape.
 """
 
+import difflib
 import errno
 import json
 import os
@@ -142,10 +143,27 @@ def jsonl_lines(path):
 
 
 def missing_local_folder(name: str) -> bool:
-    """True for a name that is meant as a local folder (not a Hub id `namespace/name`) and does not exist."""
-    if Path(name).expanduser().exists():
+    """True for a name that is meant as a local folder (not a Hub id `namespace/name`) and does not exist: it starts
+    with `.`, `/` or `~`, has more than one `/`, or its first part is a local folder (`out/nope` beside `out/`)."""
+    path = Path(name).expanduser()
+    if path.exists():
         return False
-    return name.startswith((".", "/", "~")) or name.count("/") > 1 or (os.sep != "/" and os.sep in name)
+    return (name.startswith((".", "/", "~")) or name.count("/") > 1 or (os.sep != "/" and os.sep in name)
+            or len(path.parts) > 1 and Path(path.parts[0]).is_dir())
+
+
+def nearest_folders(name, shown: int = 5) -> str:
+    """For a path that does not exist, what its deepest existing parent holds, nearest names first: `out/ holds: tiny`."""
+    path = Path(name).expanduser()
+    missing, parent = path.name, path.parent
+    while not parent.is_dir() and parent != parent.parent:
+        missing, parent = parent.name, parent.parent
+    folders = [p.name for p in parent.iterdir() if p.is_dir() and not p.name.startswith(".")] if parent.is_dir() else []
+    where = str(parent).rstrip("/") + "/"
+    if not folders:
+        return f"{where} holds no folders"
+    nearest = difflib.get_close_matches(missing, sorted(folders), n=len(folders), cutoff=0)
+    return f"{where} holds: {', '.join(nearest[:shown])}{', ...' if len(nearest) > shown else ''}"
 
 
 # ---------------------------------------------------------------------------------------------- lock

@@ -16,7 +16,7 @@ from typing import Optional
 
 from transformers import HfArgumentParser
 
-from cli_guard import load_model, missing_local_folder, run_cli
+from cli_guard import load_model, missing_local_folder, nearest_folders, run_cli
 
 DTYPES = ("float32", "bfloat16", "float16", "auto")
 LOG_SOFTMAX_DTYPES = ("float32", "model")
@@ -68,7 +68,7 @@ def _check_local(name: str, what: str, needs: tuple, hint: str):
     """A local folder must exist and hold one of `needs`; a Hub id (namespace/name) is left to transformers."""
     path = Path(name).expanduser()
     if missing_local_folder(name):
-        raise FileNotFoundError(f"{what} {name}: no such folder")
+        raise FileNotFoundError(f"{what} {name}: no such folder; {nearest_folders(name)}")
     if not path.exists():
         return
     if not path.is_dir():

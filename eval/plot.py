@@ -3,7 +3,7 @@
 from pathlib import Path
 
 import atomic_io
-from cli_guard import jsonl_lines
+from cli_guard import jsonl_lines, nearest_folders
 
 # HellaSwag acc_norm of the published models, build-nanogpt scoring (the lines its plots draw)
 REFERENCES = {"GPT-2 124M": 0.2955, "GPT-3 125M": 0.337}
@@ -13,8 +13,10 @@ def read_metrics(path) -> tuple[str, list[dict]]:
     """(run name, records) from a run folder holding metrics.jsonl, or from the file itself."""
     path = Path(path)
     file = path / "metrics.jsonl" if path.is_dir() else path
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file or folder; {nearest_folders(path)}")
     if not file.is_file():
-        raise FileNotFoundError(f"{path}: expected a run folder with metrics.jsonl, or a metrics.jsonl file")
+        raise FileNotFoundError(f"{path}: no metrics.jsonl in it; give a run folder holding metrics.jsonl, or such a file")
     records = [record for _, record in jsonl_lines(file)]
     name = file.parent.name if file.name == "metrics.jsonl" else file.stem
     return name, [r for r in records if "tokens" in r]

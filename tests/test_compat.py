@@ -22,6 +22,9 @@ ROOT = Path(__file__).resolve().parents[1]
 CONFIG_FILE = Path(modeling_gpt.__file__).parent / "configuration_gpt.py"
 MESSAGE = (r"this GPT's code needs transformers>=5\.4, found {}: upgrade with `pip install -U transformers`, or use "
            r"the model's native export \(`gpt-push --native`")
+OLD_PYTHON_HOWTO = ("needs GPT_TEST_OLD_TRANSFORMERS_PYTHON, the path of a python whose environment has transformers 4.x "
+                    "(bash .ci/run sets it); by hand: python3 -m venv /tmp/v4 && /tmp/v4/bin/pip install 'transformers<5', "
+                    "then GPT_TEST_OLD_TRANSFORMERS_PYTHON=/tmp/v4/bin/python python -m pytest tests/test_compat.py")
 
 
 def declared_range() -> str:
@@ -39,6 +42,12 @@ def test_one_minimum_everywhere():
     assert "transformers>=" in ci and "setup.cfg" in ci  # CI reads the oldest release to test from setup.cfg
 
 
+def test_the_skip_reason_does_what_ci_does():
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert '-m pip install --quiet "transformers<5"' in ci and "export GPT_TEST_OLD_TRANSFORMERS_PYTHON=" in ci
+    assert "pip install 'transformers<5'" in OLD_PYTHON_HOWTO and "bash .ci/run sets it" in OLD_PYTHON_HOWTO
+
+
 @pytest.mark.parametrize("version", ["4.57.6", "5.3.0", "5.4.0.dev0"])
 def test_remote_code_refuses_an_older_release_in_one_sentence(monkeypatch, version):
     release = types.ModuleType("transformers")  # what the file sees of an installed release
@@ -53,8 +62,7 @@ def test_remote_code_refuses_an_older_release_in_one_sentence(monkeypatch, versi
         spec.loader.exec_module(module)
 
 
-@pytest.mark.skipif(not os.environ.get("GPT_TEST_OLD_TRANSFORMERS_PYTHON"),
-                    reason="set GPT_TEST_OLD_TRANSFORMERS_PYTHON to a Python with transformers 4.x (.ci/run does)")
+@pytest.mark.skipif(not os.environ.get("GPT_TEST_OLD_TRANSFORMERS_PYTHON"), reason=OLD_PYTHON_HOWTO)
 def test_a_real_transformers_4_loads_the_folder_to_the_message(tmp_path):
     torch.manual_seed(0)
     GPTForCausalLM(GPTConfig.from_preset("tiny")).save_pretrained(tmp_path / "model")

@@ -77,4 +77,6 @@ def test_plot(tmp_path, capsys):
     assert sorted(p.name for p in out.iterdir()) == ["hellaswag.png", "loss.png"]  # no temp files
     with pytest.raises(SystemExit):
         main(["plot", str(tmp_path / "missing"), "--output", str(out)])
-    assert "metrics.jsonl" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert err.strip().splitlines()[-1] == (f"gpt-eval: error: {tmp_path / 'missing'}: no such file or folder; "
+                                            f"{tmp_path}/ holds: baseline, variant, plots")

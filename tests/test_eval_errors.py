@@ -49,11 +49,12 @@ def test_model_folder_without_tokenizer_says_to_pass_one(model_dir, tmp_path, re
     line = refused(main, ["--model", str(tmp_path / "m"), "--data-dir", str(DATA), "--limit", "1"])
     assert "it has no tokenizer: pass --tokenizer with the one the model was trained with" in line
     line = refused(main, ["--model", str(tmp_path / "m"), "--tokenizer", str(tmp_path / "nope"), "--limit", "1"])
-    assert line == f"gpt-eval: error: --tokenizer {tmp_path / 'nope'}: no such folder"
+    assert line == f"gpt-eval: error: --tokenizer {tmp_path / 'nope'}: no such folder; {tmp_path}/ holds: m"
 
 
 def test_missing_model_unknown_task_bad_device_and_max_length(model_dir, tmp_path, refused):
-    assert refused(main, ["--model", str(tmp_path / "nowhere")]) == f"gpt-eval: error: --model {tmp_path / 'nowhere'}: no such folder"
+    line = refused(main, ["--model", str(tmp_path / "nowhere")])
+    assert line == f"gpt-eval: error: --model {tmp_path / 'nowhere'}: no such folder; {tmp_path}/ holds no folders"
     line = refused(main, ["--model", str(model_dir), "--tasks", "hellaswag,mmlu", "--data-dir", str(DATA)])
     assert line.startswith("gpt-eval: error: unknown task 'mmlu'; known: hellaswag")
     line = refused(main, ["--model", str(model_dir), "--device", "tpu9"])
@@ -62,6 +63,22 @@ def test_missing_model_unknown_task_bad_device_and_max_length(model_dir, tmp_pat
     assert line == "gpt-eval: error: max_length=100000: the model takes 1..256 tokens"
     line = refused(main, ["--model", str(model_dir), "--tasks", "piqa", "--data-dir", str(tmp_path)])
     assert line.startswith(f"gpt-eval: error: piqa: expected {tmp_path / 'evals' / 'piqa.jsonl'}")
+
+
+def test_a_mistyped_local_path_is_a_missing_folder_with_the_nearest_ones(tmp_path, monkeypatch, refused):
+    for run in ("tiny", "tiny-300"):
+        (tmp_path / "out" / run).mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert refused(main, ["--model", "out/nope"]) == "gpt-eval: error: --model out/nope: no such folder; out/ holds: tiny, tiny-300"
+    line = refused(main, ["--model", "out/tiny-30/final"])
+    assert line == "gpt-eval: error: --model out/tiny-30/final: no such folder; out/ holds: tiny-300, tiny"
+    assert refused(main, ["--model", "./tiny"]) == "gpt-eval: error: --model ./tiny: no such folder; ./ holds: out"
+    assert refused(main, ["--model", "../nope/final"]).startswith("gpt-eval: error: --model ../nope/final: no such folder; ../ holds: ")
+    # a Hub id namespace/name stays a Hub id, with out/ beside it too
+    line = refused(main, ["--model", "someone/no-such-model"], code=1)
+    assert line.startswith("gpt-eval: error: --model 'someone/no-such-model' (not in the local cache) needs the Hugging Face "
+                           "Hub, but HF_HUB_OFFLINE=1 is set: pass a local model folder")
 
 
 @pytest.mark.parametrize("bad, message", [
@@ -208,6 +225,18 @@ def test_plot_of_a_damaged_metrics_file_names_the_line(tmp_path, refused):
     assert line == (f"gpt-eval: error: {tmp_path / 'run' / 'metrics.jsonl'} line 2 is not valid JSON (Invalid "
                     "control character at): repair or remove that line")
     assert not (tmp_path / "plots").exists()
+
+
+def test_plot_of_a_missing_run_names_it(tmp_path, monkeypatch, refused):
+    (tmp_path / "out" / "tiny").mkdir(parents=True)
+    (tmp_path / "out" / "tiny" / "metrics.jsonl").write_text('{"step": 1, "loss": 2.0, "tokens": 64}\n')
+    (tmp_path / "out" / "empty").mkdir()
+    monkeypatch.chdir(tmp_path)
+    line = refused(main, ["plot", "out/tiny", "out/tiny-300/metrics.jsonl", "--output", "out/compare"])
+    assert line == "gpt-eval: error: out/tiny-300/metrics.jsonl: no such file or folder; out/ holds: tiny, empty"
+    line = refused(main, ["plot", "out/tiny", "out/empty", "--output", "out/compare"])
+    assert line == "gpt-eval: error: out/empty: no metrics.jsonl in it; give a run folder holding metrics.jsonl, or such a file"
+    assert not (tmp_path / "out" / "compare").exists()
 
 
 def test_debug_shows_the_traceback(tmp_path, capsys):
