@@ -12,6 +12,7 @@ optimizer groups, checkpoints, metrics, MFU) sit above `main()`, which is the lo
 
 import argparse
 import hashlib
+import importlib.util
 import json
 import logging
 import math
@@ -203,6 +204,11 @@ class TrainArguments:
                           "(refused otherwise); the changes are recorded in metrics.jsonl."},
     )
     compile: bool = field(default=False, metadata={"help": "torch.compile the training forward (eval and sampling stay eager)."})
+    fp8: bool = field(
+        default=False,
+        metadata={"help": "Train the blocks' linear layers in float8 through torchao (pip install -e \".[gpu]\"); needs a "
+                          "CUDA GPU of compute capability >= 8.9 (Ada, Hopper). Checkpoints and final/ keep ordinary weights."},
+    )
     mixed_precision: Optional[str] = field(
         default=None,
         metadata={"help": f"One of {MIXED_PRECISION}; unset: what `accelerate launch` / its config says (else no)."},
@@ -929,6 +935,33 @@ def make_loaders(args: TrainArguments, data_dir: str, tokenizer, accelerator: Ac
             token_shards.ShardDataLoader(data_dir, split="val", shuffle=False, **kwargs))
 
 
+def check_fp8(device: torch.device):
+    """--fp8 needs torchao and a CUDA GPU with float8 matmuls (compute capability 8.9 or newer)."""
+    if device.type != "cuda":
+        raise ConfigError(f"--fp8 true needs a CUDA GPU of compute capability >= 8.9 (Ada, Hopper or newer); "
+                          f"this run is on {device.type}: drop --fp8")
+    capability = torch.cuda.get_device_capability(device)
+    if capability < (8, 9):
+        raise ConfigError(f"--fp8 true needs compute capability >= 8.9 (Ada, Hopper or newer); "
+                          f"{torch.cuda.get_device_name(device)} has {capability[0]}.{capability[1]}: drop --fp8")
+    if importlib.util.find_spec("torchao") is None:
+        raise ConfigError('--fp8 true needs torchao, which is not installed: pip install -e ".[gpu]", or drop --fp8')
+
+
+def float8_filter(module: torch.nn.Module, fqn: str) -> bool:
+    """The linear layers trained in float8: those of the blocks (not the embeddings or the head), dims divisible by 16."""
+    return (isinstance(module, torch.nn.Linear) and fqn.startswith("transformer.h.")
+            and module.in_features % 16 == 0 and module.out_features % 16 == 0)
+
+
+def to_float8(model: torch.nn.Module) -> torch.nn.Module:
+    """Swap the blocks' nn.Linear for torchao's Float8Linear: the same parameters, names and dtypes (so checkpoints
+    and final/ are ordinary weights), float8 matmuls with dynamic scaling in forward and backward."""
+    from torchao.float8 import convert_to_float8_training
+
+    return convert_to_float8_training(model, module_filter_fn=float8_filter)
+
+
 def start_up(argv=None) -> Run:
     """Settings, accelerator, data, model, optimizer and, when resuming, the checkpoint."""
     model_args, data_args, args = parse_args(argv)
@@ -937,6 +970,8 @@ def start_up(argv=None) -> Run:
     accelerator, tracker = make_accelerator(args)
     lock_output_dir(accelerator, output_dir)
     device, world = accelerator.device, accelerator.num_processes
+    if args.fp8:
+        check_fp8(device)
     accum = gradient_accumulation_steps(args.total_batch_tokens, args.micro_batch_size, args.seq_len, world)
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
@@ -945,6 +980,8 @@ def start_up(argv=None) -> Run:
     manifest, tokenizer = open_data(data_args, accelerator, output_dir)
     set_seed(args.seed)  # the same initial weights on every process
     model = build_model(model_args, manifest["vocab_size"], manifest["eot_id"])
+    if args.fp8:
+        model = to_float8(model)
     if args.seq_len > model.config.n_positions:
         raise ConfigError(f"seq_len={args.seq_len} is longer than the model's n_positions={model.config.n_positions}")
     if model.config.vocab_size != len(tokenizer):
