@@ -108,7 +108,7 @@ def test_fixture_model_learned_the_texts(run):
 
 def test_folder_contents(exported, run):
     files = {p.relative_to(exported / "remote").as_posix() for p in (exported / "remote").rglob("*") if p.is_file()}
-    assert files == {"config.json", "configuration_gpt.py", "modeling_gpt.py", "convert.py", "network.py", "model.safetensors",
+    assert files == {"config.json", "configuration_gpt.py", "modeling_gpt.py", "convert.py", "network.py", "loss.py", "model.safetensors",
                      "generation_config.json", "tokenizer.json", "tokenizer_config.json", "README.md", "plots/loss.png",
                      ".gpt-push-export.json"}  # the marker --overwrite looks for; never uploaded
     config = json.loads((exported / "remote" / "config.json").read_text())
