@@ -21,7 +21,8 @@ reaches its best loss in its final decay, so the crossing read off a full-length
 recipe needs; `--confirm_ratio` therefore also trains it with a horizon of that fraction of the tokens and
 reports its final loss against the target. `--ablation` adds, for seed 0, each recipe's architecture trained with
 the other's optimizer, schedule and tuned learning rates. The JSON is rewritten after every run, so an
-interrupted benchmark leaves what it finished (and a rerun reuses the finished runs in --work_dir).
+interrupted benchmark leaves what it finished (and a rerun reuses the finished runs in --work_dir); `--sweep_from`
+takes the sweep of an earlier results JSON instead of running it again.
 
     nice python bench/time_to_quality.py --seeds 3 --ablation --save   # -> bench/results/time_to_quality_cpu.json, .png
 """
@@ -71,6 +72,9 @@ class TimeToQualityArguments:
         default_factory=lambda: [1e-3, 3e-3, 5e-3, 1e-2],
         metadata={"help": "AdamW learning rates of the speedrun recipe's other weights, swept at Muon's best (seed 0)"},
     )
+    sweep_from: Optional[str] = field(
+        default=None, metadata={"help": "reuse the sweep (its rows and chosen learning rates) saved in this earlier "
+                                        "results JSON instead of sweeping again; the seeds are all retrained"})
     max_steps: Optional[int] = field(default=None, metadata={"help": "override both recipes' max_steps"})
     confirm_ratio: float = field(
         default=0.7, metadata={"help": "also train the new recipe over this fraction of the steps (0: skip)"}
@@ -172,6 +176,18 @@ def sweep(recipe: str, grids: dict, args: TimeToQualityArguments, rows: list, re
         if chosen[flag] in (min(grids[flag]), max(grids[flag])) and len(grids[flag]) > 1:
             print(f"sweep {recipe}: {flag}={chosen[flag]:g} is at the edge of its grid {grids[flag]}", flush=True)
     return chosen
+
+
+def earlier_sweep(path: str) -> dict:
+    """The sweep rows, chosen learning rates and commit of an earlier run of this benchmark (--sweep_from)."""
+    try:
+        earlier = json.loads(Path(path).read_text())
+        chosen = {recipe: {flag: float(earlier["chosen_lrs"][recipe][flag]) for flag in SWEPT[recipe]}
+                  for recipe in RECIPES}
+        return dict(sweep=earlier["sweep"], chosen_lrs=chosen, commit=earlier.get("commit"))
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        sys.exit(f"time_to_quality: --sweep_from {path}: not a results JSON of this benchmark whose sweep chose "
+                 f"{ {recipe: list(flags) for recipe, flags in SWEPT.items()} } ({type(e).__name__}: {e})")
 
 
 def ngram_cross_entropy(train_streams: list, val: np.ndarray, vocab_size: int) -> dict:
@@ -377,8 +393,14 @@ def main(argv=None) -> dict:
     grids = {"gpt2": {"learning_rate": args.gpt2_lrs},
              "speedrun": {"muon_learning_rate": args.muon_lrs, "learning_rate": args.speedrun_adamw_lrs}}
     chosen = result["chosen_lrs"]
-    for recipe in RECIPES:
-        chosen[recipe] = sweep(recipe, grids[recipe], args, result["sweep"], record)
+    if args.sweep_from:
+        earlier = earlier_sweep(args.sweep_from)
+        result["sweep"], result["sweep_from"] = earlier["sweep"], dict(path=args.sweep_from, commit=earlier["commit"])
+        chosen.update(earlier["chosen_lrs"])
+        print(f"sweep reused from {args.sweep_from} (commit {earlier['commit']}): {chosen}", flush=True)
+    else:
+        for recipe in RECIPES:
+            chosen[recipe] = sweep(recipe, grids[recipe], args, result["sweep"], record)
     record()
     runs, confirms = result["runs"], result["confirm_runs"]
     base_steps = args.max_steps or configs["gpt2"]["max_steps"]

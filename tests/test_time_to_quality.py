@@ -143,3 +143,24 @@ def test_the_two_cpu_recipes_differ_only_in_the_recipe():
     assert {k: gpt2[k] for k in same} == {k: speedrun[k] for k in same}
     assert (gpt2["optimizer"], speedrun["optimizer"]) == ("adamw", "muon")
     assert (gpt2["lr_schedule"], speedrun["lr_schedule"]) == ("cosine", "wsd")
+
+
+def test_sweep_from_reuses_an_earlier_sweep_and_retrains_every_seed(tmp_path, monkeypatch):
+    earlier, output, calls = tmp_path / "earlier.json", tmp_path / "ttq.json", []
+    rows = [dict(recipe="gpt2", swept="learning_rate", learning_rate=1e-3, final_val_loss=5.0)]
+    earlier.write_text(json.dumps(dict(commit="abc123", sweep=rows, chosen_lrs=BEST)))
+    monkeypatch.setattr(ttq, "ensure_data", lambda data_dir, args: None)
+    monkeypatch.setattr(ttq, "ngram_baselines", lambda data_dir, recipe: dict(
+        val_split=dict(unigram=6.5, bigram=5.4), evaluated=dict(unigram=6.4, bigram=5.3), evaluated_tokens=32768))
+    monkeypatch.setattr(ttq, "train", fake_train(calls, output))
+    common = ["--seeds", "2", "--max_steps", "4", "--confirm_ratio", "0", "--cost_rounds", "0",
+              "--work_dir", str(tmp_path / "w"), "--output", str(output)]
+    result = ttq.main(common + ["--sweep_from", str(earlier)])
+    assert result["sweep"] == rows and result["chosen_lrs"] == BEST
+    assert result["sweep_from"] == dict(path=str(earlier), commit="abc123")
+    assert [(c["recipe"], c["seed"]) for c in calls] == [("gpt2", 0), ("speedrun", 0), ("speedrun", 1), ("gpt2", 1)]
+    for c in calls:
+        assert {k[2:]: float(v) for k, v in c["flags"].items()} == BEST[c["recipe"]]
+    earlier.write_text(json.dumps(dict(sweep=rows, chosen_lrs={"gpt2": BEST["gpt2"]})))
+    with pytest.raises(SystemExit, match=r"--sweep_from .*earlier.json: not a results JSON .*KeyError: 'speedrun'"):
+        ttq.main(common + ["--sweep_from", str(earlier)])
