@@ -85,6 +85,24 @@ class PlainGPT(nn.Module):
         elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, 0.0, std)
 
+    @classmethod
+    def from_ours(cls, model) -> "PlainGPT":
+        """The reference holding a classic GPTForCausalLM's weights (same layout: q, k, v stacked, head by head)."""
+        plain = cls(model.config)
+        names = {"tok_emb": "transformer.wte", "pos_emb": "transformer.wpe", "norm": "transformer.ln_f"}
+        for i in range(model.config.n_layer):
+            ours = f"transformer.h.{i}"
+            names |= {f"blocks.{i}.norm_attn": f"{ours}.ln_1", f"blocks.{i}.attn.qkv": f"{ours}.attn.c_attn",
+                      f"blocks.{i}.attn.proj": f"{ours}.attn.c_proj", f"blocks.{i}.norm_mlp": f"{ours}.ln_2",
+                      f"blocks.{i}.mlp.up": f"{ours}.mlp.c_fc", f"blocks.{i}.mlp.down": f"{ours}.mlp.c_proj"}
+        theirs = model.state_dict()
+        state = {}
+        for key in plain.state_dict():
+            module, _, leaf = key.rpartition(".")
+            state[key] = theirs[f"{names[module]}.{leaf}"] if module != "head" else theirs["transformer.wte.weight"]
+        plain.load_state_dict(state, strict=True)
+        return plain
+
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())  # the tied matrix once
 

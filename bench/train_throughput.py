@@ -1,8 +1,12 @@
-"""Training throughput of one forward + backward + AdamW step: our GPTForCausalLM against transformers' own model.
+"""Training throughput of the training step (micro-steps of forward + backward, then AdamW): our GPTForCausalLM
+against transformers' own model and a plain PyTorch GPT-2.
 
-Both models hold the same weights (ours is converted with `to_hf_native()`: GPT2LMHeadModel for the classic
-presets, LlamaForCausalLM for gpt2.5), use sdpa attention, and run the same batches through the same loop in
-one process. Prints a table and writes JSON (tokens/s, step time, MFU, peak memory, losses).
+The models hold the same weights (transformers' is converted with `to_hf_native()`: GPT2LMHeadModel for the
+classic presets, LlamaForCausalLM for gpt2.5; `plain` is bench/reference_gpt.py, classic presets only; `ours-fp8`
+is ours with the blocks' linear layers in float8 through torchao, as `gpt-train --fp8 true`), use sdpa attention,
+and run the same batches through the same loop in one process. A model that fails (a kernel refused under a forced
+sdpa backend, out of memory) gets a row saying why and the others still run. Prints a table and writes JSON
+(tokens/s, step time, MFU, peak memory, losses, the ratios of ours to each other model).
 
     # one GPU (the documented run): bf16 autocast, torch.compile, flash sdpa, fused AdamW
     python bench/train_throughput.py --preset gpt2 --batch_size 32 --seq_len 1024
@@ -12,6 +16,7 @@ one process. Prints a table and writes JSON (tokens/s, step time, MFU, peak memo
 """
 
 import contextlib
+import copy
 import subprocess
 import sys
 import time
@@ -27,6 +32,8 @@ import atomic_io
 from bench_output import SAVE_HELP, results_path
 from modeling_gpt import GPTConfig, GPTForCausalLM
 from modeling_gpt.flops import flops_per_token, matmul_params, peak_tflops
+from reference_gpt import PlainGPT
+from train_accelerate import check_fp8, to_float8
 
 
 SDPA_BACKENDS = {
@@ -36,7 +43,7 @@ SDPA_BACKENDS = {
     "math": SDPBackend.MATH,
 }
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
-MODELS = ("ours", "transformers")
+MODELS = ("ours", "plain", "transformers", "ours-fp8")
 
 
 @dataclass
@@ -51,10 +58,12 @@ class TrainBenchArguments:
     dtype: str = field(default="auto", metadata={"help": "autocast dtype: bf16, fp32 or auto (bf16 on GPU, fp32 on CPU)"})
     compile: bool | None = field(default=None, metadata={"help": "torch.compile the whole model (default: on GPU only)"})
     sdpa_backend: str = field(default="flash", metadata={"help": "sdpa kernel: flash, cudnn, efficient, math or auto"})
-    steps: int = field(default=20, metadata={"help": "timed steps per model and round"})
+    steps: int = field(default=20, metadata={"help": "timed optimizer steps per model and round"})
+    grad_accum: int = field(default=1, metadata={"help": "micro-batches per optimizer step (the trainer's micro-loop)"})
     warmup: int = field(default=5, metadata={"help": "untimed steps first (compilation, allocator, caches)"})
     rounds: int = field(default=1, metadata={"help": "alternate the models this many times; the best round counts"})
-    models: str = field(default="ours,transformers", metadata={"help": "comma-separated subset of ours,transformers"})
+    models: str = field(default="auto", metadata={"help": f"comma-separated subset of {','.join(MODELS)}; auto: ours, "
+                                                          "plain (classic presets) and transformers"})
     threads: int = field(default=0, metadata={"help": "torch CPU threads (0: torch's default)"})
     peak_tflops: float | None = field(default=None, metadata={"help": "peak TFLOP/s for MFU where the table has none"})
     lr: float = field(default=6e-4, metadata={"help": "AdamW learning rate"})
@@ -64,12 +73,19 @@ class TrainBenchArguments:
     save: bool = field(default=False, metadata={"help": SAVE_HELP})
 
 
-def parse_models(models: str) -> list[str]:
+def parse_models(models: str, allowed: tuple = ("ours", "transformers")) -> list[str]:
     names = [m.strip() for m in models.split(",") if m.strip()]
-    bad = [m for m in names if m not in MODELS]
+    bad = [m for m in names if m not in allowed]
     if bad or not names:
-        raise ValueError(f"models={models!r} must be a comma-separated subset of {MODELS}")
+        raise ValueError(f"models={models!r} must be a comma-separated subset of {allowed}")
     return names
+
+
+def train_models(models: str, config: GPTConfig) -> list[str]:
+    """--models of this benchmark: auto is ours, plain where the preset is GPT-2's architecture, and transformers."""
+    if models == "auto":
+        return ["ours", "plain", "transformers"] if config.norm == "layernorm" else ["ours", "transformers"]
+    return parse_models(models, MODELS)
 
 
 def resolve_device(device: str) -> torch.device:
@@ -103,13 +119,17 @@ def build_config(args) -> GPTConfig:
 
 
 def build_models(config: GPTConfig, names: list[str], seed: int) -> dict[str, torch.nn.Module]:
-    """Ours and transformers' twin (GPT2LMHeadModel or LlamaForCausalLM) with identical weights, both on sdpa."""
+    """The named models, all with ours' weights: transformers' twin (GPT2LMHeadModel or LlamaForCausalLM) and ours on
+    sdpa, the plain reference, ours with float8 blocks."""
     torch.manual_seed(seed)
     ours = GPTForCausalLM(config)
-    models = {"ours": ours, "transformers": ours.to_hf_native()}
-    for model in models.values():
-        model.set_attn_implementation("sdpa")
-    return {name: models[name] for name in names}
+    ours.set_attn_implementation("sdpa")
+    build = {"ours": lambda: ours, "plain": lambda: PlainGPT.from_ours(ours), "transformers": ours.to_hf_native,
+             "ours-fp8": lambda: to_float8(copy.deepcopy(ours))}
+    models = {name: build[name]() for name in names}
+    if "transformers" in models:
+        models["transformers"].set_attn_implementation("sdpa")
+    return models
 
 
 @torch.no_grad()
@@ -119,10 +139,12 @@ def max_logit_diff(models: dict, vocab_size: int, seed: int) -> float | None:
         return None
     x = torch.randint(0, vocab_size, (2, 16), generator=torch.Generator().manual_seed(seed))
     logits = []
-    for model in models.values():
+    for name, model in models.items():
+        if name == "ours-fp8":  # float8 matmuls need a GPU, and round on purpose
+            continue
         training = model.training
         model.eval()
-        logits.append(model(x).logits.float())
+        logits.append(model(input_ids=x).logits[..., :vocab_size].float())  # plain's padded columns left out
         model.train(training)
     return max((a - logits[0]).abs().max().item() for a in logits[1:])
 
@@ -143,8 +165,9 @@ def static_bytes(model, optimizer) -> int:
 class Runner:
     """One model, its optimizer and the training step; `run(n)` does n steps with no host sync inside."""
 
-    def __init__(self, model, device, dtype: str, compile_model: bool, lr: float, batches):
+    def __init__(self, model, device, dtype: str, compile_model: bool, lr: float, batches, grad_accum: int = 1):
         self.model = model.to(device).train()
+        self.grad_accum = grad_accum
         self.device = device
         # fused AdamW: one kernel for the whole update instead of a loop over parameters
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.1, fused=True)
@@ -155,11 +178,12 @@ class Runner:
         self.losses = []  # loss tensors, read with .item() only after the timing
 
     def step(self):
-        x = self.batches[self.i % len(self.batches)].to(self.device, non_blocking=True)
-        self.i += 1
-        with self.autocast:
-            loss = self.forward(input_ids=x, labels=x).loss
-        loss.backward()
+        for _ in range(self.grad_accum):
+            x = self.batches[self.i % len(self.batches)].to(self.device, non_blocking=True)
+            self.i += 1
+            with self.autocast:
+                loss = self.forward(input_ids=x, labels=x).loss
+            (loss / self.grad_accum).backward()
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.losses.append(loss.detach())
@@ -225,51 +249,80 @@ def sdpa_context(backend: str):
     return sdpa_kernel(SDPA_BACKENDS[backend])
 
 
+def timed(runners: dict, args, backend: str) -> dict:
+    """Warm every model up, then alternate them `rounds` times: (seconds, peak bytes) of each one's best round, or
+    the error that stopped it (the others go on)."""
+    best = {name: (float("inf"), None) for name in runners}
+    with sdpa_context(backend):
+        for _ in range(args.rounds + 1):  # round 0 is the warmup
+            for name, runner in runners.items():
+                if isinstance(best[name], str):
+                    continue
+                try:
+                    seconds, peak_bytes = runner.run(args.warmup if _ == 0 else args.steps)
+                except RuntimeError as err:  # a refused kernel, out of memory: this model's row says so
+                    best[name] = f"{type(err).__name__}: {str(err).strip().splitlines()[0][:300]}"
+                    continue
+                if _ and seconds < best[name][0]:
+                    best[name] = (seconds, peak_bytes)
+    return best
+
+
+def result_rows(runners: dict, best: dict, args, fpt: float, peak: float | None) -> list[dict]:
+    tokens = args.batch_size * args.seq_len * args.grad_accum * args.steps
+    rows = []
+    for name, runner in runners.items():
+        row = {"model": name, "class": type(runner.model).__name__}
+        if isinstance(best[name], str):
+            rows.append(row | {"error": best[name]})
+            continue
+        seconds, peak_bytes = best[name]
+        tps = tokens / seconds
+        losses = [loss.item() for loss in runner.losses]
+        rows.append(row | {
+            "tokens_per_s": tps, "step_ms": 1000 * seconds / args.steps,
+            "mfu": tps * fpt / (peak * 1e12) if peak else None,
+            "peak_memory_gb": peak_bytes / 2**30 if peak_bytes is not None else None,
+            "first_loss": losses[0], "last_loss": losses[-1], "steps_run": len(losses),
+        })
+    return rows
+
+
+def ratios(rows: list[dict]) -> dict:
+    """ours' tokens/s over each other model's, and float8's over ours; None where either failed."""
+    tps = {r["model"]: r.get("tokens_per_s") for r in rows}
+    pairs = [("ours", other) for other in tps if other not in ("ours", "ours-fp8")] + [("ours-fp8", "ours")]
+    return {f"{a}/{b}": tps[a] / tps[b] if tps.get(a) and tps.get(b) else None
+            for a, b in pairs if a in tps and b in tps}
+
+
 def main(argv: list[str] | None = None) -> dict:
     (args,) = HfArgumentParser(TrainBenchArguments).parse_args_into_dataclasses(args=argv)
-    names = parse_models(args.models)
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
     compile_model = device.type == "cuda" if args.compile is None else args.compile
-    for key in ("batch_size", "seq_len", "steps", "rounds"):
+    for key in ("batch_size", "seq_len", "steps", "rounds", "grad_accum"):
         if getattr(args, key) < 1:
             raise ValueError(f"{key}={getattr(args, key)} must be at least 1")
+    sdpa_context(args.sdpa_backend)  # refuses an unknown backend before any model is built
     if args.threads:
         torch.set_num_threads(args.threads)
     if device.type == "cuda":
         torch.set_float32_matmul_precision("high")  # TF32 tensor cores for whatever stays in fp32
     config = build_config(args)
+    names = train_models(args.models, config)
+    if "ours-fp8" in names:
+        check_fp8(device)
     models = build_models(config, names, args.seed)
     logit_diff = max_logit_diff(models, config.vocab_size, args.seed)
     batches = make_batches(4, args.batch_size, args.seq_len, config.vocab_size, args.seed, pin=device.type == "cuda")
-    runners = {name: Runner(m, device, dtype, compile_model, args.lr, batches) for name, m in models.items()}
+    runners = {name: Runner(m, device, dtype, compile_model, args.lr, batches, args.grad_accum)
+               for name, m in models.items()}
 
     fpt = flops_per_token(config, args.seq_len)
     peak = args.peak_tflops or peak_tflops(device_name(device), dtype)
-    tokens = args.batch_size * args.seq_len * args.steps
-    best = {name: (float("inf"), None) for name in names}
-    with sdpa_context(args.sdpa_backend):
-        for runner in runners.values():
-            runner.run(args.warmup)
-        for _ in range(args.rounds):  # alternate, so that a busy moment on a shared machine hits both models
-            for name, runner in runners.items():
-                seconds, peak_bytes = runner.run(args.steps)
-                if seconds < best[name][0]:
-                    best[name] = (seconds, peak_bytes)
-
-    rows = []
-    for name, runner in runners.items():
-        seconds, peak_bytes = best[name]
-        tps = tokens / seconds
-        losses = [loss.item() for loss in runner.losses]
-        rows.append({
-            "model": name, "class": type(runner.model).__name__, "tokens_per_s": tps,
-            "step_ms": 1000 * seconds / args.steps,
-            "mfu": tps * fpt / (peak * 1e12) if peak else None,
-            "peak_memory_gb": peak_bytes / 2**30 if peak_bytes is not None else None,
-            "first_loss": losses[0], "last_loss": losses[-1], "steps_run": len(losses),
-        })
-    ratio = rows[0]["tokens_per_s"] / rows[1]["tokens_per_s"] if len(rows) == 2 else None
+    rows = result_rows(runners, timed(runners, args, args.sdpa_backend), args, fpt, peak)
+    ratio = ratios(rows)
     result = {
         "benchmark": "train_throughput", **environment(device),
         "settings": {**asdict(args), "dtype": dtype, "compile": compile_model, "models": names},
@@ -277,18 +330,21 @@ def main(argv: list[str] | None = None) -> dict:
                                                    "norm", "mlp", "position_embedding")}
         | {"padded_vocab_size": config.padded_vocab_size},
         "matmul_params": matmul_params(config), "flops_per_token": fpt, "peak_tflops": peak,
-        "max_logit_diff": logit_diff, "results": rows, "ratio_ours_vs_transformers": ratio,
+        "max_logit_diff": logit_diff, "results": rows, "ratios": ratio,
+        "ratio_ours_vs_transformers": ratio.get("ours/transformers"),
     }
     output = results_path(f"train_{device.type}_{args.preset}.json", args.output, args.save)
     atomic_io.write_json(output, result, indent=2)
 
     print(f"{result['device']} | {args.preset} L={config.n_layer} C={config.n_embd} | B={args.batch_size} "
-          f"T={args.seq_len} | {dtype} | compile={compile_model} | sdpa={args.sdpa_backend}")
+          f"T={args.seq_len} x {args.grad_accum} | {dtype} | compile={compile_model} | sdpa={args.sdpa_backend}")
     print_table(rows, [("model", "model", ""), ("class", "class", ""), ("tokens_per_s", "tokens/s", ",.0f"),
                        ("step_ms", "step ms", ".1f"), ("mfu", "MFU", ".1%"), ("peak_memory_gb", "peak GiB", ".2f"),
-                       ("last_loss", "loss", ".4f")])
-    if ratio is not None:
-        print(f"ours / transformers: {ratio:.3f}x   (max |logit diff| {logit_diff:.2e})")
+                       ("last_loss", "loss", ".4f"), ("error", "error", "")])
+    for pair, value in ratio.items():
+        print(f"{pair}: " + ("-" if value is None else f"{value:.3f}x"))
+    if logit_diff is not None:
+        print(f"max |logit diff| between the models: {logit_diff:.2e}")
     print(f"wrote {output}")
     return result
 

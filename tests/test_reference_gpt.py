@@ -49,3 +49,14 @@ def test_loss_at_init_is_comparable():
     assert abs(plain_loss - ours_loss) < 0.1
     shifted = plain(input_ids=x[:, :-1], shift_labels=x[:, 1:]).loss.item()
     assert abs(shifted - plain_loss) < 0.05
+
+
+def test_from_ours_holds_the_same_weights():
+    config = GPTConfig(**CONFIG)
+    torch.manual_seed(0)
+    ours = GPTForCausalLM(config)
+    plain = PlainGPT.from_ours(ours)
+    assert plain.head.weight is plain.tok_emb.weight
+    x = torch.randint(0, config.vocab_size, (2, 64), generator=torch.Generator().manual_seed(2))
+    torch.testing.assert_close(plain(input_ids=x).logits[..., : config.vocab_size], ours(input_ids=x).logits,
+                               atol=1e-5, rtol=1e-5)
