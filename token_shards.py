@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 import atomic_io
+from modeling_gpt.network import unreadable_json
 
 MAGIC = b"GPTTOKS\x00"
 VERSION = 1
@@ -170,7 +171,13 @@ def load_tokenizer(data_dir):
     folder = Path(data_dir) / TOKENIZER_DIR
     if not folder.is_dir():
         raise FileNotFoundError(f"no tokenizer folder {folder}: is {data_dir} a folder written by gpt-tokenize?")
-    return AutoTokenizer.from_pretrained(str(folder))
+    try:
+        return AutoTokenizer.from_pretrained(str(folder))
+    except ValueError as e:  # json.JSONDecodeError and UnicodeDecodeError are ValueErrors
+        damaged = unreadable_json(folder)
+        if damaged is None:
+            raise
+        raise ShardError(f"{folder}: {damaged}: tokenize again into an empty folder") from e
 
 
 def tokenizer_hash(tokenizer) -> str:

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 import atomic_io
 import token_shards
 from cli_guard import FolderLock, UserError, jsonl_lines, run_cli
-from modeling_gpt.network import tiktoken_unavailable
+from modeling_gpt.network import tiktoken_unavailable, unreadable_json
 from token_shards import EOT_TEXT, MANIFEST, TOKENIZER_DIR, token_dtype, write_json_atomic, write_shard
 
 DOCS_PER_TASK = 64  # documents per unit of work handed to an encoder thread
@@ -203,7 +203,8 @@ def _load_hf_tokenizer(name: str):
     try:
         tok = AutoTokenizer.from_pretrained(name)
     except (OSError, ValueError) as e:
-        raise TokenizeError(f"--tokenizer {name}: cannot load a Hugging Face tokenizer from it ({e}); "
+        reason = (folder.is_dir() and unreadable_json(folder)) or e
+        raise TokenizeError(f"--tokenizer {name}: cannot load a Hugging Face tokenizer from it ({reason}); "
                             "give 'gpt2', a tokenizer folder or a Hub id") from e
     if not tok.is_fast:
         raise TokenizeError(f"--tokenizer {name}: only fast (Rust) tokenizers are supported")

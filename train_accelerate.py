@@ -573,7 +573,30 @@ def load_pretrained(init_from: str, dropout: Optional[float]) -> GPTForCausalLM:
     raise ConfigError(f"init_from={init_from!r} is a {config.model_type!r} model; use our GPT or GPT-2")
 
 
-def build_model(model_args: ModelArguments, vocab_size: int, eot_id: int) -> GPTForCausalLM:
+def memory_bytes(device: torch.device) -> int:
+    """The device's whole memory: a GPU's own, otherwise the machine's RAM."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory
+    return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def check_fits(config: GPTConfig, device: torch.device):
+    """Refuse a model whose fp32 weights, gradients and AdamW moments (16 bytes a parameter) exceed the device's memory,
+    counted on the meta device, before a byte of it is allocated."""
+    with torch.device("meta"):
+        model = GPTForCausalLM(config)
+    needed = 16 * model.num_parameters() + sum(b.numel() * b.element_size() for b in model.buffers())
+    available = memory_bytes(device)
+    if needed > available:
+        sizes = ", ".join(f"{k}={getattr(config, k)}" for k in ("n_layer", "n_embd", "n_inner", "n_positions", "vocab_size"))
+        raise ConfigError(
+            f"the model ({sizes}) has {model.num_parameters():,} parameters: its weights, gradients and optimizer "
+            f"states need {needed / 2**30:,.1f} GiB, more than the {available / 2**30:,.1f} GiB of this {device.type}; "
+            "choose smaller sizes"
+        )
+
+
+def build_model(model_args: ModelArguments, vocab_size: int, eot_id: int, device: torch.device) -> GPTForCausalLM:
     if model_args.init_from is not None:
         model = load_pretrained(model_args.init_from, model_args.dropout).to(torch.float32)  # fp32 master weights
         model.set_attn_implementation(model_args.attn_implementation)
@@ -583,6 +606,7 @@ def build_model(model_args: ModelArguments, vocab_size: int, eot_id: int) -> GPT
             model_args.model_preset, vocab_size=vocab_size, bos_token_id=eot_id, eos_token_id=eot_id, **overrides
         )
         config._attn_implementation = model_args.attn_implementation
+        check_fits(config, device)
         model = GPTForCausalLM(config)
     model.config.fused_loss = model_args.fused_loss
     if model_args.gradient_checkpointing:
@@ -979,7 +1003,7 @@ def start_up(argv=None) -> Run:
     # data first: the tokenizer and vocabulary come with the shards
     manifest, tokenizer = open_data(data_args, accelerator, output_dir)
     set_seed(args.seed)  # the same initial weights on every process
-    model = build_model(model_args, manifest["vocab_size"], manifest["eot_id"])
+    model = build_model(model_args, manifest["vocab_size"], manifest["eot_id"], device)
     if args.fp8:
         model = to_float8(model)
     if args.seq_len > model.config.n_positions:

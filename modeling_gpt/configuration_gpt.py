@@ -3,6 +3,8 @@
 Shipped to the Hub as remote code: imports nothing but transformers and the standard library.
 """
 
+import math
+
 import transformers
 from transformers import PretrainedConfig
 
@@ -165,12 +167,18 @@ class GPTConfig(PretrainedConfig):
         for field in ("qk_norm", "zero_init_residual", "fused_loss"):
             if not isinstance(getattr(self, field), bool):
                 raise ValueError(f"{field}={getattr(self, field)!r} must be true or false")
+        for field in ("layer_norm_epsilon", "rope_theta", "initializer_range", "dropout"):
+            value = getattr(self, field)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+                raise ValueError(f"{field}={value!r} must be a finite number")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout={self.dropout!r} must be in [0, 1)")
         if self.layer_norm_epsilon <= 0:
             raise ValueError(f"layer_norm_epsilon={self.layer_norm_epsilon!r} must be > 0")
         if self.rope_theta <= 0:
             raise ValueError(f"rope_theta={self.rope_theta!r} must be > 0")
+        if self.initializer_range < 0:
+            raise ValueError(f"initializer_range={self.initializer_range!r} must be >= 0")
         base_validate = getattr(super(), "validate", None)
         if base_validate is not None:
             base_validate()

@@ -45,6 +45,16 @@ def either_cache(cache, past_key_values):
     return cache if cache is not None else past_key_values
 
 
+def check_token_ids(ids: torch.Tensor, vocab_size: int, name: str):
+    """Ids are real tokens: the embedding's padded rows (vocab_size up to the next multiple) are no token, and a label
+    there would be an infinite loss. Asserted on the device, so an accelerator reports it at its next sync, as it does
+    an id past the embedding, and a training step pays no sync for it."""
+    if ids.numel():
+        torch._assert_async(
+            ids.max() < vocab_size, f"{name} holds a token id >= vocab_size={vocab_size}: ids must be in [0, {vocab_size})"
+        )
+
+
 def eager_attention_forward(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
     """Plain softmax attention, the reference the fused kernels are checked against."""
     att = torch.matmul(query, key.transpose(2, 3)) * scaling  # (B, nh, T, S)
@@ -325,6 +335,7 @@ class GPTModel(GPTPreTrainedModel):
         output_hidden_states = self.config.output_hidden_states if output_hidden_states is None else output_hidden_states
         implementation = self.attention_for_call(output_attentions)
         if inputs_embeds is None:
+            check_token_ids(input_ids, self.config.vocab_size, "input_ids")
             inputs_embeds = self.wte(input_ids)  # (B, T, C)
         if use_cache is None:  # a cache only helps inference: training never pays for one unless asked
             use_cache = self.config.use_cache and not self.training
@@ -419,6 +430,8 @@ class GPTForCausalLM(GPTPreTrainedModel, GenerationMixin):
         `config.fused_loss`) computes the loss straight from `hidden` and returns no logits."""
         if skip_logits is None:
             skip_logits = self.config.fused_loss and self.training and labels is not None
+        if labels is not None:
+            check_token_ids(labels, self.config.vocab_size, "labels")
         if skip_logits:
             if labels is None:
                 raise ValueError("skip_logits=True needs labels: without them there is no loss to compute")

@@ -5,6 +5,7 @@ only: `convert.from_gpt2` uses it, so it travels with the model code.
 """
 
 import hashlib
+import json
 import os
 import socket
 import tempfile
@@ -77,13 +78,33 @@ def tiktoken_unavailable() -> str | None:
     return reason and f"it is not in tiktoken's cache ({_tiktoken_cache_dir() or 'off'}) and {reason}"
 
 
+def unreadable_json(folder) -> str | None:
+    """The first JSON file of `folder` that is not UTF-8 JSON, with the reason, or None when all of them read."""
+    for entry in sorted(os.scandir(folder), key=lambda e: e.name):
+        if entry.name.endswith(".json") and entry.is_file():
+            try:
+                with open(entry.path, encoding="utf-8") as f:
+                    json.load(f)
+            except UnicodeDecodeError:
+                return f"{entry.name} is not UTF-8 text"
+            except json.JSONDecodeError as err:
+                return f"{entry.name} is not valid JSON ({err})"
+    return None
+
+
 def load_local_or_hub(load, name, what: str, fix: str):
     """`load(name, **kwargs)` (a from_pretrained) from a folder or the local Hub cache; the Hub only when usable.
 
     Raises OfflineError with `fix` when `name` is neither local nor cached and the Hub cannot be reached.
     """
     if os.path.isdir(name):
-        return load(name)
+        try:
+            return load(name)
+        except ValueError as err:  # json.JSONDecodeError and UnicodeDecodeError are ValueErrors
+            damaged = unreadable_json(name)
+            if damaged is None:
+                raise
+            raise ValueError(f"{what} {name}: {damaged}; save the folder again with save_pretrained") from err
     try:
         return load(name, local_files_only=True)
     except OSError:

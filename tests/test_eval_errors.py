@@ -134,6 +134,16 @@ def test_pickle_weights_are_refused_without_advice_to_unpickle_them(model_dir, t
     assert not marker.exists()
 
 
+@pytest.mark.parametrize("content, reason", [(b"not json {", "is not valid JSON (Expecting value: line 1 column 1"),
+                                             (b'{"a": "\xff"}', "is not UTF-8 text")])
+def test_a_tokenizer_file_that_is_not_json_is_named(model_dir, tmp_path, refused, content, reason):
+    shutil.copytree(model_dir, tmp_path / "m")
+    (tmp_path / "m" / "tokenizer.json").write_bytes(content)
+    line = refused(main, ["--model", str(tmp_path / "m"), "--data-dir", str(DATA), "--limit", "1"])
+    assert line.startswith(f"gpt-eval: error: the tokenizer {tmp_path / 'm'}: tokenizer.json {reason}")
+    assert line.endswith("; save the folder again with save_pretrained")
+
+
 def test_a_tokenizer_that_cannot_belong_to_the_model_is_refused(model_dir, tmp_path, refused):
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast

@@ -159,6 +159,37 @@ def test_a_full_or_read_only_disk_is_one_line_and_the_same_command_resumes(tmp_p
     assert token_shards.read_manifest(tmp_path / "out")["stream"]["complete"]
 
 
+def test_a_tokenizer_file_that_is_not_json_is_named(tmp_path, refused):
+    tok = tmp_path / "tok"
+    tok.mkdir()
+    (tok / "tokenizer.json").write_text("not json {")
+    (tok / "tokenizer_config.json").write_text("{}")
+    argv = ["--data-files", str(write_docs(tmp_path / "docs.jsonl", 10)), "--output", str(tmp_path / "out"),
+            "--tokenizer", str(tok), "--workers", "1"]
+    assert refused(tokenize_fineweb.main, argv) == (
+        f"gpt-tokenize: error: --tokenizer {tok}: cannot load a Hugging Face tokenizer from it (tokenizer.json is not "
+        "valid JSON (Expecting value: line 1 column 1 (char 0))); give 'gpt2', a tokenizer folder or a Hub id")
+
+
+def test_a_full_disk_while_saving_the_tokenizer_is_one_line_and_the_same_command_finishes(tmp_path, monkeypatch,
+                                                                                         refused):
+    import errno
+
+    from transformers import PreTrainedTokenizerFast
+
+    def no_space(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    argv = ["--data-files", str(write_docs(tmp_path / "docs.jsonl", 60)), "--output", str(tmp_path / "out"),
+            "--shard-size", "500", "--val-tokens", "500", *SMALL]
+    monkeypatch.setattr(PreTrainedTokenizerFast, "save_pretrained", no_space)
+    assert refused(tokenize_fineweb.main, argv, code=1) == (
+        "gpt-tokenize: error: No space left on device (disk full): free some space, then run the same command again")
+    monkeypatch.undo()
+    tokenize_fineweb.main(argv)
+    assert token_shards.read_manifest(tmp_path / "out")["stream"]["complete"]
+
+
 def test_debug_shows_the_traceback(tmp_path, capsys):
     with pytest.raises(SystemExit):
         tokenize_fineweb.main(["--data-files", str(tmp_path / "missing.jsonl"), "--output", str(tmp_path / "o"), "--debug"])

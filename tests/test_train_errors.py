@@ -88,6 +88,13 @@ def test_non_finite_settings_are_refused(data, tmp_path, setting, value, refused
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("setting, value", [("n_positions", "1000000000000"), ("n_embd", "262144")])
+def test_a_model_that_cannot_fit_is_refused_before_allocating_it(data, tmp_path, refused, setting, value):
+    line = refused(train_accelerate.main, argv(data, tmp_path / "out", f"--{setting}", value))
+    assert line.startswith(f"gpt-train: error: the model (n_layer=2, n_embd=") and f"{setting}={value}" in line
+    assert "more than the" in line and "GiB of this cpu; choose smaller sizes" in line
+
+
 def test_init_from_a_folder_that_does_not_exist_is_named(data, tmp_path, refused):
     line = refused(train_accelerate.main, argv(data, tmp_path / "out", "--init_from", str(tmp_path / "nope")))
     assert line == (f"gpt-train: error: init_from='{tmp_path / 'nope'}': no such folder; give a Hugging Face folder "
@@ -260,6 +267,15 @@ def test_a_damaged_manifest_is_one_line(data, tmp_path, refused):
     line = refused(train_accelerate.main, argv(data, tmp_path / "out", "--data_dir", str(shards)))
     assert line == (f"gpt-train: error: {shards / 'manifest.json'} is not a gpt-tokenize manifest (missing or malformed: "
                     "vocab_size, eot_id, tokenizer, shards): tokenize again into an empty folder")
+
+
+def test_a_damaged_tokenizer_of_the_data_names_the_file(data, tmp_path, refused):
+    shards = tmp_path / "shards"
+    shutil.copytree(data / "shards", shards)
+    (shards / "tokenizer" / "tokenizer.json").write_text("not json {")
+    line = refused(train_accelerate.main, argv(data, tmp_path / "out", "--data_dir", str(shards)))
+    assert line == (f"gpt-train: error: {shards / 'tokenizer'}: tokenizer.json is not valid JSON (Expecting value: line 1 "
+                    "column 1 (char 0)): tokenize again into an empty folder")
 
 
 def test_a_full_disk_during_a_checkpoint_says_how_to_resume(data, tmp_path, monkeypatch, refused):

@@ -80,7 +80,7 @@ def test_init_from_our_checkpoint_and_final_folder(finetuned):
     run = finetuned / "run"
     final = load_file(run / "final" / "model.safetensors")
     for source in (run / "checkpoints" / f"step_{STEPS:07d}", run / "final"):
-        model = ta.build_model(ta.ModelArguments(init_from=str(source), dropout=0.0), 50257, 50256)
+        model = ta.build_model(ta.ModelArguments(init_from=str(source), dropout=0.0), 50257, 50256, torch.device("cpu"))
         assert model.config.dropout == 0.0 and all(m.p == 0.0 for m in model.modules() if isinstance(m, torch.nn.Dropout))
         state = model.state_dict()
         for name, tensor in final.items():
@@ -95,7 +95,7 @@ def test_init_from_gpt2_converts_exactly_with_the_dropout_asked_for(tmp_path):
     GPT2LMHeadModel(GPT2Config(n_layer=2, n_head=4, n_embd=64, n_positions=32, vocab_size=300, bos_token_id=299,
                                eos_token_id=299)).save_pretrained(tmp_path)
     native = GPT2LMHeadModel.from_pretrained(tmp_path).eval()
-    ours = ta.build_model(ta.ModelArguments(init_from=str(tmp_path), dropout=0.2), 300, 299)
+    ours = ta.build_model(ta.ModelArguments(init_from=str(tmp_path), dropout=0.2), 300, 299, torch.device("cpu"))
     assert ours.config.dropout == 0.2 and ours.config._attn_implementation == "sdpa"
     assert all(p.dtype == torch.float32 for p in ours.parameters())
     x = torch.randint(0, 300, (2, 16))

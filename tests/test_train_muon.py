@@ -138,7 +138,7 @@ def test_bad_values_are_named(argv, message):
 def test_architecture_overrides_reach_the_model():
     model_args, _, _ = parse("--model_preset", "gpt2.5", "--qk_norm", "true", "--tie_word_embeddings", "false",
                              "--zero_init_residual", "true", "--n_layer", "1", "--n_embd", "64", "--n_head", "4")
-    model = ta.build_model(model_args, vocab_size=512, eot_id=0)
+    model = ta.build_model(model_args, vocab_size=512, eot_id=0, device=torch.device("cpu"))
     assert (model.config.qk_norm, model.config.tie_word_embeddings, model.config.zero_init_residual) == (True, False, True)
     assert model.lm_head.weight.data_ptr() != model.transformer.wte.weight.data_ptr()
     assert torch.count_nonzero(model.transformer.h[0].attn.c_proj.weight) == 0
@@ -199,6 +199,6 @@ def test_shipped_speedrun_recipes_parse(recipe):
         for world in (1, 2, 4, 8):  # the batch divides on 1 to 8 GPUs of 64 x 1024
             ta.gradient_accumulation_steps(args.total_batch_tokens, args.micro_batch_size, args.seq_len, world)
         with torch.device("meta"):
-            model = ta.build_model(model_args, vocab_size=50257, eot_id=50256)
+            model = ta.build_model(model_args, vocab_size=50257, eot_id=50256, device=torch.device("cpu"))
         # 124M-class: GPT-2's 124.4M plus the untied head's 38.6M
         assert 160e6 < model.num_parameters() < 166e6

@@ -199,9 +199,9 @@ def test_several_processes_never_wait_on_a_tokenization(tmp_path):
 def test_gradient_checkpointing_gives_the_same_loss_and_gradients():
     args = dict(model_preset="tiny", n_layer=2, n_embd=64, n_head=4)
     torch.manual_seed(0)
-    plain = ta.build_model(ta.ModelArguments(**args), 512, 0)
+    plain = ta.build_model(ta.ModelArguments(**args), 512, 0, torch.device("cpu"))
     torch.manual_seed(0)
-    checkpointed = ta.build_model(ta.ModelArguments(**args, gradient_checkpointing=True), 512, 0)
+    checkpointed = ta.build_model(ta.ModelArguments(**args, gradient_checkpointing=True), 512, 0, torch.device("cpu"))
     assert checkpointed.transformer.gradient_checkpointing and not plain.transformer.gradient_checkpointing
     x = torch.randint(0, 512, (2, 32))
     for model in (plain, checkpointed):
