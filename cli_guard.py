@@ -340,13 +340,17 @@ def load_model(load, name, what: str, **kwargs):
     if Path(name).is_dir():
         refuse_pickle_weights(name, what)
         check_safetensors(name)
-    report = logging.getLogger("transformers.modeling_utils")
-    level = report.level
-    report.setLevel(logging.ERROR)  # its load report would tell, as a table, what the refusal says in one line
+    # modeling_utils' load report would tell, as a table, what the refusal says in one line; with that logger raised,
+    # transformers 5.24 checks the model's (empty) tensor-parallel plan and warns that no layer was sharded
+    quiet = [logging.getLogger(n) for n in ("transformers.modeling_utils", "transformers.distributed.tensor_parallel")]
+    levels = [logger.level for logger in quiet]
+    for logger in quiet:
+        logger.setLevel(logging.ERROR)
     try:
         model, info = load(name, use_safetensors=True, output_loading_info=True, ignore_mismatched_sizes=True, **kwargs)
     finally:
-        report.setLevel(level)
+        for logger, level in zip(quiet, levels):
+            logger.setLevel(level)
     mismatched = [key for key, *_ in info["mismatched_keys"]]
     if info["missing_keys"] or info["unexpected_keys"] or mismatched:
         raise UserError(_misfit(f"{what} {name}", info["missing_keys"], info["unexpected_keys"], mismatched))

@@ -80,3 +80,29 @@ def test_plot(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.strip().splitlines()[-1] == (f"gpt-eval: error: {tmp_path / 'missing'}: no such file or folder; "
                                             f"{tmp_path}/ holds: baseline, variant, plots")
+
+
+def test_loading_a_model_logs_no_warning(model_dir):
+    """The strict load quiets transformers' load report; transformers must not answer that with a tensor-parallel
+    warning ("The following layers were not sharded") on a load that uses no tensor parallelism."""
+    import logging
+
+    from transformers import AutoModelForCausalLM
+
+    from cli_guard import load_model
+
+    class Keep(logging.Handler):
+        def __init__(self):
+            super().__init__(logging.WARNING)
+            self.messages = []
+
+        def emit(self, record):
+            self.messages.append(record.getMessage())
+
+    keep, root = Keep(), logging.getLogger("transformers")
+    root.addHandler(keep)
+    try:
+        load_model(AutoModelForCausalLM.from_pretrained, str(model_dir), "--model")
+    finally:
+        root.removeHandler(keep)
+    assert keep.messages == []
