@@ -23,12 +23,15 @@ from conftest import SHARED
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# commands run here, as written, with what their output must contain
+# commands run here, as written and in this order, with what their output must contain
 RUN = {
     "TIKTOKEN_CACHE_DIR=../shared/data/tiktoken-cache gpt-tokenize --dataset ../shared/data/fineweb-edu-mini --name sample-10BT --output data/mini --shard-size 100000 --val-tokens 100000":
         "data/mini: 618,503 tokens (100,000 val, 518,503 train) in 7 shards from 195 documents; 0 skipped",
     "TIKTOKEN_CACHE_DIR=../shared/data/tiktoken-cache gpt-tokenize --data-files ../shared/data/tinyshakespeare/input.txt --output data/tinyshakespeare --val-tokens 32768":
         "data/tinyshakespeare: 338,026 tokens (32,768 val, 305,258 train) in 2 shards from 1 documents; 0 skipped",
+    # after the command above, which tokenizes what it fine-tunes on
+    "gpt-train --config configs/finetune-shakespeare-tiny.yaml":
+        "done: 20 steps; Hugging Face folder in out/finetune-shakespeare-tiny/final",
     "gpt-eval plot out/tiny --output out/tiny/plots": "wrote out/tiny/plots/loss.png\nno hellaswag.png: no run logged HellaSwag scores",
     'gpt-eval --model out/tiny/final --tasks "" --val-data-dir data/fineweb-edu-mini --val-batches 20 --seq-len 128':
         "val   perplexity",
