@@ -26,9 +26,10 @@ from huggingface_hub.utils import validate_repo_id
 from transformers import GenerationConfig
 
 import atomic_io
-from cli_guard import (RunError, check_pickles, check_safetensors, jsonl_lines, load_model, load_state_strictly,
+from cli_guard import (RunError, check_pickles, check_safetensors, load_model, load_state_strictly,
                        load_weights_only, missing_local_folder, nonfinite_weights, refuse_pickle_weights, run_cli,
                        writing)
+from metrics_log import MetricsLog
 from modeling_gpt import GPTConfig, GPTForCausalLM
 from modeling_gpt.convert import native_class_name
 from modeling_gpt.network import require_hub
@@ -100,8 +101,8 @@ def _final_record(folder: Path) -> dict:
 def _read_metrics(run_dir: Path | None, max_step: int | None) -> list[dict]:
     if run_dir is None:
         return []
-    rows = [row for _, row in jsonl_lines(run_dir / "metrics.jsonl")]
-    return [r for r in rows if max_step is None or r.get("step", 0) <= max_step]
+    rows = MetricsLog(run_dir / "metrics.jsonl").read()
+    return [r for r in rows if max_step is None or r["step"] <= max_step]
 
 
 def _read_safetensors(path: Path) -> dict:

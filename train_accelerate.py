@@ -44,6 +44,7 @@ from cli_guard import (FolderLock, Interrupted, RunError, UserError, check_pickl
                        load_state_strictly, load_weights_only, missing_local_folder, nonfinite_weights, run_cli,
                        writing)
 from eval import mean_loss, run_tasks
+from metrics_log import MetricsLog
 from modeling_gpt import PRESETS, GPTConfig, GPTForCausalLM
 from modeling_gpt.flops import flops_per_token, peak_tflops
 from modeling_gpt.network import load_local_or_hub
@@ -467,37 +468,6 @@ class CheckpointManager:
             for old in self.steps()[: -self.keep_last_k]:
                 shutil.rmtree(self.path(old))
         return final
-
-
-class MetricsLog:
-    """metrics.jsonl: one JSON object per optimizer step, appended as the run goes."""
-
-    def __init__(self, path: Union[str, os.PathLike]):
-        self.path = Path(path)
-
-    def truncate(self, last_step: int):
-        """Keep the steps <= last_step (what a resumed run has not redone); drop a torn last line."""
-        if not self.path.exists():
-            return
-        kept = []
-        for line in self.path.read_text().splitlines():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if record.get("step", 0) <= last_step:
-                kept.append(line)
-        atomic_io.write_text(self.path, "".join(line + "\n" for line in kept))
-
-    def append(self, records: list[dict]):
-        with self.path.open("a") as f:
-            for record in records:
-                f.write(json.dumps(record) + "\n")
-
-    def read(self) -> list[dict]:
-        if not self.path.exists():
-            return []
-        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
 
 
 class NonFiniteLossError(RunError):
@@ -962,6 +932,24 @@ def to_float8(model: torch.nn.Module) -> torch.nn.Module:
     return convert_to_float8_training(model, module_filter_fn=float8_filter)
 
 
+def prepare_output_dir(args: TrainArguments, checkpoints: CheckpointManager, metrics: MetricsLog, fresh: bool,
+                       start_step: int, changes: dict):
+    """Main process: clear what killed writers left, cut metrics.jsonl back to the checkpoint's step (a resumed run
+    redoes the steps after it) and record the allowed changes; a fresh start with overwrite_output_dir first removes
+    the earlier run's results."""
+    output_dir = Path(args.output_dir)
+    if fresh and args.overwrite_output_dir:  # asked for: the earlier run's results go
+        atomic_io.remove(checkpoints.root)
+        atomic_io.remove(output_dir / "final")
+        atomic_io.remove(metrics.path)
+    checkpoints.remove_partial()
+    atomic_io.remove_leftovers(output_dir)  # a killed export's final/ or metrics.jsonl rewrite
+    output_dir.mkdir(parents=True, exist_ok=True)
+    metrics.truncate(start_step)
+    if changes:
+        metrics.append([{"step": start_step, "config_change": {k: list(v) for k, v in changes.items()}}])
+
+
 def start_up(argv=None) -> Run:
     """Settings, accelerator, data, model, optimizer and, when resuming, the checkpoint."""
     model_args, data_args, args = parse_args(argv)
@@ -1004,19 +992,9 @@ def start_up(argv=None) -> Run:
         check_resume(resume, state, changes, args)
         load_checkpoint(accelerator, resume, state, train_loader, changes)
     start_step = state.get("step", 0)
+    on_main(accelerator, lambda: prepare_output_dir(args, checkpoints, metrics, resume is None, start_step, changes))
     if resume is not None:
         accelerator.print(f"resumed from {resume} (step {start_step}, {state.get('tokens', 0):,} tokens)")
-    if accelerator.is_main_process:
-        if resume is None and args.overwrite_output_dir:  # asked for: the earlier run's results go
-            atomic_io.remove(checkpoints.root)
-            atomic_io.remove(output_dir / "final")
-        checkpoints.remove_partial()
-        atomic_io.remove_leftovers(output_dir)  # a killed export's final/ or metrics.jsonl rewrite
-        output_dir.mkdir(parents=True, exist_ok=True)
-        metrics.truncate(start_step)  # a resumed run redoes the steps after its checkpoint
-        if changes:
-            metrics.append([{"step": start_step, "config_change": {k: list(v) for k, v in changes.items()}}])
-    accelerator.wait_for_everyone()
 
     start_trackers(accelerator, tracker, args, settings)
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or device.type

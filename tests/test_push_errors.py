@@ -291,6 +291,22 @@ def test_damaged_input_is_one_line(run, damage, message, refused):
     assert message in line
 
 
+@pytest.mark.parametrize("line, problem", [
+    (b"[1, 2]\n", "is not a JSON object ([1, 2])"),
+    (b'{"loss": 2.0}\n', "has step=None, not an integer"),
+    (b'\xff{"step": 5}\n', "is not UTF-8 text (byte 1)"),
+])
+def test_a_metrics_line_that_is_not_a_record_is_refused_naming_file_and_line(run, tmp_path, refused, line, problem):
+    """The trainer's reader (metrics_log.MetricsLog) is gpt-push's: the same refusal, the same words."""
+    (run / "final" / "training_record.json").write_text(json.dumps({"step": 4, "tokens": 1024}))
+    with open(run / "metrics.jsonl", "ab") as f:
+        f.write(line)
+    refusal = refused(push_to_hub.main, push(run / "final", "--output-dir", str(tmp_path / "hub")))
+    assert refusal == (f"gpt-push: error: {run / 'metrics.jsonl'} line 5 {problem}: each line must be a JSON object "
+                       "with an integer step, as gpt-train writes them; repair or remove that line")
+    assert not (tmp_path / "hub").exists()
+
+
 def test_a_tokenizer_folder_that_does_not_exist_is_named(run, tmp_path, refused):
     line = refused(push_to_hub.main, push(run / "final", "--tokenizer", str(tmp_path / "nope")))
     assert line == f"gpt-push: error: --tokenizer {tmp_path / 'nope'}: no such folder"

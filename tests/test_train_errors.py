@@ -234,6 +234,35 @@ def test_a_crafted_pickle_in_a_checkpoint_is_refused_and_never_run(run, data, tm
     assert not marker.exists()
 
 
+METRICS_FIX = ("each line must be a JSON object with an integer step, as gpt-train writes them; repair or remove that "
+               "line")
+
+
+@pytest.mark.parametrize("line, problem", [
+    (b"42\n", "is not a JSON object (42)"),
+    (b'{"step": "5"}\n', "has step='5', not an integer"),
+    (b"{not json\n", "is not valid JSON (Expecting property name enclosed in double quotes)"),
+    (b'\xff{"step": 5}\n', "is not UTF-8 text (byte 1)"),
+])
+def test_a_metrics_line_that_is_not_a_record_is_refused_on_resume_naming_file_and_line(run, data, refused, tree_digest,
+                                                                                       line, problem):
+    with open(run / "metrics.jsonl", "ab") as f:
+        f.write(line)
+    before = tree_digest(run)
+    refusal = refused(train_accelerate.main, argv(data, run, "--resume_from_checkpoint", "latest", "--max_steps", "6",
+                                                  "--allow_config_change"))
+    assert refusal == f"gpt-train: error: {run / 'metrics.jsonl'} line 5 {problem}: {METRICS_FIX}"
+    assert tree_digest(run) == before
+
+
+def test_a_torn_last_metrics_line_is_dropped_on_resume(run, data):
+    with open(run / "metrics.jsonl", "a") as f:
+        f.write('{"step": 5, "lo')  # a run killed mid-append
+    train_accelerate.main(argv(data, run, "--resume_from_checkpoint", "latest", "--max_steps", "6",
+                               "--allow_config_change"))
+    assert steps_logged(run) == [1, 2, 3, 4, 5, 6]
+
+
 def test_what_the_first_evaluation_needs_is_checked_before_the_first_step(data, tmp_path, refused):
     out = tmp_path / "out"
     line = refused(train_accelerate.main, argv(data, out, "--eval_interval", "2", "--val_batches", "1000"))
