@@ -29,7 +29,7 @@ import atomic_io
 from cli_guard import (RunError, check_pickles, check_safetensors, load_model, load_state_strictly,
                        load_weights_only, missing_local_folder, nonfinite_weights, refuse_pickle_weights, run_cli,
                        writing)
-from metrics_log import MetricsLog
+from run_records import MetricsLog, read_run_record
 from modeling_gpt import GPTConfig, GPTForCausalLM
 from modeling_gpt.convert import native_class_name
 from modeling_gpt.network import require_hub
@@ -92,10 +92,7 @@ def _final_record(folder: Path) -> dict:
     """The record the trainer wrote into final/ with its weights (step, tokens, time, hardware, settings): the facts
     of these weights, never of a newer checkpoint or a run still going. {} for a folder without one."""
     path = folder / FINAL_RECORD
-    record = _read_json(path) if path.is_file() else {}
-    if not isinstance(record, dict):
-        raise ValueError(f"{path} is not the trainer's record of the exported run (a JSON object): export again")
-    return record
+    return read_run_record(path) if path.is_file() else {}
 
 
 def _read_metrics(run_dir: Path | None, max_step: int | None) -> list[dict]:
@@ -244,7 +241,7 @@ def load_source(checkpoint, tokenizer=None) -> Source:
         state = _final_record(path)
         max_step = state.get("step")
     elif (path / "trainer_state.json").is_file():
-        state = _read_json(path / "trainer_state.json")
+        state = read_run_record(path / "trainer_state.json")
         weights = _checkpoint_state_dict(path)
         config, origin = _checkpoint_config(path, state, run_dir)
         model = load_state_strictly(GPTForCausalLM(config), weights, f"--checkpoint {path} (config from {origin})")

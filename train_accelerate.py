@@ -44,7 +44,7 @@ from cli_guard import (FolderLock, Interrupted, RunError, UserError, check_pickl
                        load_state_strictly, load_weights_only, missing_local_folder, nonfinite_weights, run_cli,
                        writing)
 from eval import mean_loss, run_tasks
-from metrics_log import MetricsLog
+from run_records import MetricsLog, read_run_record
 from modeling_gpt import PRESETS, GPTConfig, GPTForCausalLM
 from modeling_gpt.flops import flops_per_token, peak_tflops
 from modeling_gpt.network import load_local_or_hub
@@ -525,7 +525,7 @@ def load_pretrained(init_from: str, dropout: Optional[float]) -> GPTForCausalLM:
         if not (path / "model.safetensors").is_file():
             raise ConfigError(f"init_from={init_from!r} is a sharded FSDP checkpoint; merge it into one file first: "
                               f"accelerate merge-weights {path / 'pytorch_model_fsdp_0'} <folder>, or use the run's final/")
-        config = json.loads((path / "trainer_state.json").read_text())["model_config"]
+        config = read_run_record(path / "trainer_state.json", required=("model_config",))["model_config"]
         model = GPTForCausalLM(GPTConfig.from_dict({**config, **({} if dropout is None else {"dropout": dropout})}))
         check_safetensors(path)
         return load_state_strictly(model, load_file(path / "model.safetensors"), f"init_from {init_from}")
@@ -747,10 +747,7 @@ def checkpoint_damage(path: Path, world_size: int) -> Optional[str]:
 
     Every file is opened the way it will be loaded: weights-only (no pickle runs code), memory-mapped (cheap)."""
     try:
-        state = json.loads((path / "trainer_state.json").read_text())
-        missing = [key for key in ("step", "train_loader") if key not in state]
-        if missing:
-            raise KeyError(f"trainer_state.json has no {', '.join(missing)}")
+        state = read_run_record(path / "trainer_state.json", required=("step", "train_loader"))
         check_pickles(path)  # FSDP sharded folders: .metadata is a pickle
         check_safetensors(path)
         # accelerate swallows a damaged RNG file and resumes with other dropout masks: check them here
@@ -987,7 +984,7 @@ def start_up(argv=None) -> Run:
     settings = {k: v for obj in (model_args, data_args, args) for k, v in asdict(obj).items()}
     resume, state, changes = on_main(accelerator, lambda: resume_point(args, checkpoints, world)), {}, {}
     if resume is not None:
-        state = json.loads((resume / "trainer_state.json").read_text())
+        state = read_run_record(resume / "trainer_state.json", required=("step", "train_loader"))
         changes = config_changes(state, settings, model_config, data)
         check_resume(resume, state, changes, args)
         load_checkpoint(accelerator, resume, state, train_loader, changes)
@@ -1121,7 +1118,7 @@ def resume_hint(run: Run) -> str:
     """How to go on from the newest checkpoint: the advice every stopped run ends with."""
     if run.last_good is None:
         return "no checkpoint was saved yet: run the same command with --overwrite_output_dir to start again"
-    step = json.loads((run.last_good / "trainer_state.json").read_text())["step"]
+    step = read_run_record(run.last_good / "trainer_state.json", required=("step",))["step"]
     return f"run the same command with --resume_from_checkpoint latest to continue from {run.last_good} (step {step})"
 
 

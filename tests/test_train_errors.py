@@ -263,6 +263,31 @@ def test_a_torn_last_metrics_line_is_dropped_on_resume(run, data):
     assert steps_logged(run) == [1, 2, 3, 4, 5, 6]
 
 
+@pytest.mark.parametrize("field, value, expected", [
+    ("step", "4", "an integer >= 0"),
+    ("world_size", 0, "an integer >= 1"),
+    ("config", [1], "a JSON object"),
+    ("train_loader.position", -3, "an integer >= 0"),  # the loader's saved position in the data
+    ("train_loader.batch_size", 2.5, "an integer >= 1"),
+    ("data.sha256", None, "a string"),
+])
+def test_a_trainer_state_field_of_another_type_is_damage_naming_file_field_and_type(run, data, capsys, refused,
+                                                                                   field, value, expected):
+    """Named explicitly the checkpoint is refused; as the newest one it is damage, and the previous one is used."""
+    step4 = run / "checkpoints" / "step_0000004"
+    state = json.loads((step4 / "trainer_state.json").read_text())
+    outer, _, inner = field.partition(".")
+    (state[outer] if inner else state)[inner or outer] = value
+    (step4 / "trainer_state.json").write_text(json.dumps(state))
+    problem = f"{step4 / 'trainer_state.json'}: {field}={json.dumps(value)} is not {expected}, as the trainer writes it"
+    line = refused(train_accelerate.main, argv(data, run, "--resume_from_checkpoint", str(step4)), code=1)
+    assert line == f"gpt-train: error: checkpoint {step4} is damaged (UserError: {problem}); resume from an earlier one"
+    train_accelerate.main(argv(data, run, "--resume_from_checkpoint", "latest", "--max_steps", "6",
+                               "--allow_config_change"))
+    assert f"gpt-train: warning: checkpoint {step4} is damaged (UserError: {problem}); falling back" in capsys.readouterr().err
+    assert steps_logged(run) == [1, 2, 3, 4, 5, 6]
+
+
 def test_what_the_first_evaluation_needs_is_checked_before_the_first_step(data, tmp_path, refused):
     out = tmp_path / "out"
     line = refused(train_accelerate.main, argv(data, out, "--eval_interval", "2", "--val_batches", "1000"))
