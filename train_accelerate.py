@@ -834,6 +834,40 @@ def config_changes(state: dict, settings: dict, model_config: dict, data: dict) 
     return changes
 
 
+def weight_shapes(config: dict) -> Optional[dict]:
+    """{tensor name: shape} of what a checkpoint of the model a config dict builds holds (a tied head is not saved), on
+    the meta device (no memory); None if the config builds no model."""
+    try:
+        with torch.device("meta"):
+            model = GPTForCausalLM(GPTConfig.from_dict({k: v for k, v in config.items() if k not in MODEL_CONFIG_IGNORED}))
+    except (ValueError, TypeError):
+        return None
+    tied = set(model.all_tied_weights_keys or {})
+    return {name: tuple(t.shape) for name, t in model.state_dict().items() if name not in tied}
+
+
+def shape_changes(saved: dict, now: dict) -> dict[str, tuple]:
+    """{model setting: (checkpoint's value, this run's)} for the changed settings that change a weight's shape (those
+    that alone do; all changed ones where only together they do): a checkpoint cannot be loaded into such a model."""
+    before = weight_shapes(saved)
+    if before is None or weight_shapes(now) == before:
+        return {}
+    changed = sorted(k for k in saved.keys() & now.keys() - MODEL_CONFIG_IGNORED if saved[k] != now[k])
+    alone = [k for k in changed if weight_shapes({**saved, k: now[k]}) != before]
+    return {k: (saved[k], now[k]) for k in alone or changed}
+
+
+def check_shapes(path: Path, state: dict, model_config: dict):
+    """Refuse a resume into a model whose weights the checkpoint's do not fit, even when changes are allowed."""
+    shapes = shape_changes(state.get("model_config", {}), model_config)
+    if shapes:
+        listed = "; ".join(f"{key}: checkpoint {old!r}, now {new!r}" for key, (old, new) in shapes.items())
+        vocab = " (vocab_size is the data set's tokenizer's)" if "vocab_size" in shapes else ""
+        raise ConfigError(f"resuming {path} would change which weights it holds or their shapes: {listed}{vocab}. These "
+                          "settings cannot change on resume, even with --allow_config_change: resume with the "
+                          "checkpoint's values, or start a new run in another output_dir")
+
+
 def check_resume(path: Path, state: dict, changes: dict, args: TrainArguments):
     """Refuse a resume that has nothing to train, or that would silently change the run (unless allowed)."""
     if args.max_steps < state["step"]:
@@ -986,6 +1020,7 @@ def start_up(argv=None) -> Run:
     if resume is not None:
         state = read_run_record(resume / "trainer_state.json", required=("step", "train_loader"))
         changes = config_changes(state, settings, model_config, data)
+        check_shapes(resume, state, model_config)
         check_resume(resume, state, changes, args)
         load_checkpoint(accelerator, resume, state, train_loader, changes)
     start_step = state.get("step", 0)

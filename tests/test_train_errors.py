@@ -218,6 +218,43 @@ def test_resume_refuses_another_data_set_and_max_steps_below_the_checkpoint(run,
     assert tree_digest(run) == before
 
 
+SHAPE_REFUSAL = ("gpt-train: error: resuming {} would change which weights it holds or their shapes: {}. These settings "
+                 "cannot change on resume, even with --allow_config_change: resume with the checkpoint's values, or "
+                 "start a new run in another output_dir")
+
+
+@pytest.mark.parametrize("extra, listed", [
+    (["--n_embd", "128"], "n_embd: checkpoint 64, now 128; n_inner: checkpoint 256, now 512"),  # n_inner follows n_embd
+    (["--n_layer", "3"], "n_layer: checkpoint 2, now 3"),
+    (["--n_positions", "128"], "n_positions: checkpoint 256, now 128"),  # learned positions: wpe's shape
+    (["--qk_norm", "true"], "qk_norm: checkpoint False, now True"),
+    (["--tie_word_embeddings", "false"], "tie_word_embeddings: checkpoint True, now False"),  # lm_head.weight appears
+])
+def test_a_resume_that_changes_a_weights_shape_is_refused_even_when_changes_are_allowed(run, data, refused, tree_digest,
+                                                                                        extra, listed):
+    before = tree_digest(run)
+    line = refused(train_accelerate.main, argv(data, run, "--resume_from_checkpoint", "latest", "--max_steps", "6",
+                                               "--allow_config_change", *extra))
+    assert line == SHAPE_REFUSAL.format(run / "checkpoints" / "step_0000004", listed)
+    assert tree_digest(run) == before
+
+
+def test_a_resume_onto_a_data_set_with_another_vocabulary_is_refused_naming_vocab_size(run, data, tmp_path, refused,
+                                                                                     tree_digest):
+    other = tmp_path / "other"
+    tokenize_fineweb.main(["--data-files", str(data / "docs.jsonl"), "--output", str(other), "--train-tokenizer",
+                           "--vocab-size", "400", "--tokenizer-train-docs", "50", "--shard-size", "4000",
+                           "--val-tokens", "1000", "--workers", "1"])
+    vocab = json.loads((other / "manifest.json").read_text())["vocab_size"]
+    before = tree_digest(run)
+    line = refused(train_accelerate.main, argv(data, run, "--resume_from_checkpoint", "latest", "--max_steps", "6",
+                                               "--allow_config_change", "--data_dir", str(other)))
+    assert line.startswith(f"gpt-train: error: resuming {run / 'checkpoints' / 'step_0000004'} would change which weights "
+                           f"it holds or their shapes: vocab_size: checkpoint 300, now {vocab} (vocab_size is the data "
+                           "set's tokenizer's). These settings cannot change on resume")
+    assert tree_digest(run) == before
+
+
 @pytest.mark.parametrize("crafted", ["pytorch_model_fsdp_0/.metadata", "optimizer.bin", "random_states_0.pkl"])
 def test_a_crafted_pickle_in_a_checkpoint_is_refused_and_never_run(run, data, tmp_path, refused, crafted, runs_code):
     step4 = run / "checkpoints" / "step_0000004"
