@@ -75,6 +75,7 @@ RUN_RECORD_FIELDS = {
     "step": (int, 0), "tokens": (int, 0), "world_size": (int, 1), "total_batch_tokens": (int, 1), "seq_len": (int, 1),
     "elapsed_seconds": (float, 0), "hardware": (dict, None), "tokenizer_hash": (str, None),
     "model_config": (dict, None), "config": (dict, None), "data": (dict, None), "train_loader": (dict, None),
+    "files": (list, None),  # a checkpoint's files as saved (relative paths): one missing later is damage
 }
 # a checkpoint's position in the data (token_shards.ShardDataLoader.state_dict) and the data set it was read from
 NESTED_FIELDS = {
@@ -82,7 +83,8 @@ NESTED_FIELDS = {
                      "seed": (int, None), "shuffle": (bool, None), "tokens_per_epoch": (int, 1)},
     "data": {"dir": (str, None), "sha256": (str, None)},
 }
-EXPECTED = {int: "an integer", float: "a number", str: "a string", bool: "true or false", dict: "a JSON object"}
+EXPECTED = {int: "an integer", float: "a number", str: "a string", bool: "true or false", dict: "a JSON object",
+            list: "a list of strings"}
 
 
 def _fits(value, kind, minimum) -> bool:
@@ -90,6 +92,8 @@ def _fits(value, kind, minimum) -> bool:
         ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
     elif kind is int:
         ok = isinstance(value, int) and not isinstance(value, bool)
+    elif kind is list:
+        ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
     else:
         ok = isinstance(value, kind)
     return ok and (minimum is None or value >= minimum)

@@ -40,9 +40,9 @@ from transformers import AutoConfig, GenerationConfig, GPT2LMHeadModel, HfArgume
 
 import atomic_io
 import token_shards
-from cli_guard import (FolderLock, Interrupted, RunError, UserError, check_pickles, check_safetensors, load_model,
-                       load_state_strictly, load_weights_only, missing_local_folder, nonfinite_weights, run_cli,
-                       writing)
+from cli_guard import (PICKLE_WEIGHTS, FolderLock, Interrupted, RunError, UserError, check_pickles, check_safetensors,
+                       load_model, load_state_strictly, load_weights_only, missing_local_folder, nonfinite_weights,
+                       run_cli, writing)
 from eval import mean_loss, run_tasks
 from run_records import MetricsLog, read_run_record
 from modeling_gpt import PRESETS, GPTConfig, GPTForCausalLM
@@ -748,11 +748,16 @@ def checkpoint_damage(path: Path, world_size: int) -> Optional[str]:
     Every file is opened the way it will be loaded: weights-only (no pickle runs code), memory-mapped (cheap)."""
     try:
         state = read_run_record(path / "trainer_state.json", required=("step", "train_loader"))
+        missing = [name for name in state.get("files", []) if not (path / name).is_file()]
+        if missing:
+            raise UserError(f"{', '.join(missing[:5])}{', ...' if len(missing) > 5 else ''}: saved with the checkpoint, "
+                            "now missing")
         check_pickles(path)  # FSDP sharded folders: .metadata is a pickle
         check_safetensors(path)
         # accelerate swallows a damaged RNG file and resumes with other dropout masks: check them here
         expected = [path / f"random_states_{i}.pkl" for i in range(world_size)] if state.get("world_size") == world_size else []
-        for file in sorted({*path.glob("*.bin"), *path.glob("random_states_*.pkl"), *expected}):
+        pickles = {file for pattern in (*PICKLE_WEIGHTS, "*.pkl") for file in path.glob(pattern)}  # scaler.pt too
+        for file in sorted({*pickles, *expected}):
             load_weights_only(file, mmap=True)
     except Exception as err:  # noqa: BLE001  anything that fails to load makes the checkpoint unusable
         return f"{type(err).__name__}: {' '.join(str(err).split())[:300]}"
@@ -1192,7 +1197,8 @@ def maybe_save(run: Run, step: int):
             accelerator.save_state(str(tmp))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        state = dict(run_facts(run, step), train_loader=run.train_loader.state_dict())
+        files = sorted(p.relative_to(tmp).as_posix() for p in tmp.rglob("*") if p.is_file())
+        state = dict(run_facts(run, step), train_loader=run.train_loader.state_dict(), files=files)
         # written last: a folder without it is never picked by a resume
         (tmp / "trainer_state.json").write_text(json.dumps(state, indent=2))
         run.checkpoints.commit(step)

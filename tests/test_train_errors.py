@@ -201,6 +201,21 @@ def test_a_damaged_newest_checkpoint_falls_back_to_the_previous_one(run, data, c
     assert steps_logged(run) == [1, 2, 3, 4, 5, 6]  # steps 3 and 4 were redone from step 2
 
 
+@pytest.mark.parametrize("deleted", ["optimizer.bin", "model.safetensors", "random_states_0.pkl"])
+def test_a_file_missing_from_the_newest_checkpoint_is_damage_and_the_previous_one_is_used(run, data, capsys, refused,
+                                                                                         deleted):
+    step4 = run / "checkpoints" / "step_0000004"
+    (step4 / deleted).unlink()
+    damage = f"checkpoint {step4} is damaged (UserError: {deleted}: saved with the checkpoint, now missing)"
+    line = refused(train_accelerate.main, argv(data, run, "--resume_from_checkpoint", str(step4)), code=1)
+    assert line == f"gpt-train: error: {damage}; resume from an earlier one"
+    train_accelerate.main(argv(data, run, "--resume_from_checkpoint", "latest", "--max_steps", "6",
+                               "--allow_config_change"))
+    err = capsys.readouterr().err
+    assert f"gpt-train: warning: {damage}; falling back to the previous one" in err
+    assert steps_logged(run) == [1, 2, 3, 4, 5, 6]  # steps 3 and 4 were redone from step 2
+
+
 def test_resume_refuses_another_data_set_and_max_steps_below_the_checkpoint(run, data, tmp_path, refused, tree_digest):
     """The checks themselves are issue 12's (config_changes, check_resume); these are the cases issue 11 found."""
     before = tree_digest(run)
@@ -255,7 +270,8 @@ def test_a_resume_onto_a_data_set_with_another_vocabulary_is_refused_naming_voca
     assert tree_digest(run) == before
 
 
-@pytest.mark.parametrize("crafted", ["pytorch_model_fsdp_0/.metadata", "optimizer.bin", "random_states_0.pkl"])
+@pytest.mark.parametrize("crafted", ["pytorch_model_fsdp_0/.metadata", "optimizer.bin", "random_states_0.pkl",
+                                     "scaler.pt"])
 def test_a_crafted_pickle_in_a_checkpoint_is_refused_and_never_run(run, data, tmp_path, refused, crafted, runs_code):
     step4 = run / "checkpoints" / "step_0000004"
     marker = tmp_path / "code-ran"
