@@ -433,6 +433,7 @@ class CheckpointManager:
     def __init__(self, root: Union[str, os.PathLike], keep_last_k: int = 0):
         self.root = Path(root)
         self.keep_last_k = keep_last_k
+        self.links_kept = set()  # linked old checkpoints pruning skipped (and warned of once)
 
     def path(self, step: int) -> Path:
         return self.root / f"step_{step:07d}"
@@ -465,8 +466,13 @@ class CheckpointManager:
         """Move a finished temporary folder into place (atomic rename), then prune old checkpoints."""
         final = atomic_io.replace(self.temp_path(step), self.path(step))  # also over a step re-saved after a resume
         if self.keep_last_k:
-            for old in self.steps()[: -self.keep_last_k]:
-                shutil.rmtree(self.path(old))
+            for old in map(self.path, self.steps()[: -self.keep_last_k]):
+                if not old.is_symlink():
+                    shutil.rmtree(old)
+                elif old not in self.links_kept:  # never deleted through, nor blocking the pruning of the others
+                    self.links_kept.add(old)
+                    print(f"gpt-train: warning: {old} is a symbolic link (to {os.readlink(old)}): not pruned by "
+                          "keep_last_k, which deletes only real folders; remove it yourself", file=sys.stderr, flush=True)
         return final
 
 
@@ -978,6 +984,7 @@ def prepare_output_dir(args: TrainArguments, checkpoints: CheckpointManager, met
         atomic_io.remove(checkpoints.root)
         atomic_io.remove(output_dir / "final")
         atomic_io.remove(metrics.path)
+    atomic_io.refuse_link(output_dir / "final")  # replaced at the end of the run: refused now, not after training
     checkpoints.remove_partial()
     atomic_io.remove_leftovers(output_dir)  # a killed export's final/ or metrics.jsonl rewrite
     output_dir.mkdir(parents=True, exist_ok=True)

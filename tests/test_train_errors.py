@@ -174,6 +174,36 @@ def test_a_lock_file_that_is_not_a_plain_file_is_refused_and_nothing_outside_is_
     assert tree_digest(run) == before
 
 
+def test_final_that_is_a_symbolic_link_is_refused_before_training_and_kept(run, data, tmp_path, refused, tree_digest):
+    elsewhere = tmp_path / "elsewhere"
+    (run / "final").rename(elsewhere)
+    (run / "final").symlink_to(elsewhere)
+    before, kept = tree_digest(run), tree_digest(elsewhere)
+    line = refused(train_accelerate.main, argv(data, run, "--resume_from_checkpoint", "latest", "--max_steps", "6",
+                                               "--allow_config_change"))
+    assert line == (f"gpt-train: error: {run / 'final'} is a symbolic link (to {elsewhere}): it is not replaced, nor "
+                    "written through; move the link away (what it points to is kept) and run the same command again")
+    assert tree_digest(run) == before and tree_digest(elsewhere) == kept
+    assert steps_logged(run) == [1, 2, 3, 4]  # refused before the first step
+
+
+def test_a_linked_old_checkpoint_is_never_pruned_through_and_does_not_block_pruning(run, data, tmp_path, capsys,
+                                                                                   tree_digest):
+    elsewhere = tmp_path / "elsewhere"
+    step2 = run / "checkpoints" / "step_0000002"
+    step2.rename(elsewhere)
+    step2.symlink_to(elsewhere)
+    kept = tree_digest(elsewhere)
+    train_accelerate.main(argv(data, run, "--resume_from_checkpoint", "latest", "--max_steps", "8",
+                               "--allow_config_change", "--keep_last_k", "1"))
+    err = capsys.readouterr().err
+    warning = (f"gpt-train: warning: {step2} is a symbolic link (to {elsewhere}): not pruned by keep_last_k, which "
+               "deletes only real folders; remove it yourself")
+    assert err.count(warning) == 1  # once, not at every save
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step_0000002", "step_0000008"]
+    assert step2.is_symlink() and tree_digest(elsewhere) == kept
+
+
 def test_a_finished_run_without_checkpoints_is_not_replaced_unasked(run, data, refused, tree_digest):
     shutil.rmtree(run / "checkpoints")
     before = tree_digest(run)
