@@ -124,7 +124,7 @@ def test_init_from_pickle_weights_is_refused_without_advice_to_unpickle_them(run
                                             "weights are never loaded, only safetensors ones; use a folder holding "
                                             "model.safetensors")
     assert "weights_only" not in err and "Traceback" not in err
-    assert not marker.exists()
+    assert not marker.exists() and not (tmp_path / "out" / "checkpoints").exists()
 
 
 HOLD_LOCK = """
