@@ -71,13 +71,27 @@ def share_modes(path: PathLike) -> None:
             p.chmod((0o777 if executable else 0o666) & ~mask)
 
 
+class LinkInTheWay(ValueError):
+    """The place to write is a symbolic link: it is neither replaced nor written through."""
+
+
+def refuse_link(path: PathLike) -> None:
+    """LinkInTheWay for a path that is a symbolic link: what a write would replace is the user's link (and the
+    folder it points to may be anyone's), so nothing is written there."""
+    path = Path(path)
+    if path.is_symlink():
+        raise LinkInTheWay(f"{path} is a symbolic link (to {os.readlink(path)}): it is not replaced, nor written "
+                           "through; move the link away (what it points to is kept) and run the same command again")
+
+
 def replace(src: PathLike, dst: PathLike) -> Path:
     """Rename `src` to `dst`, replacing what is there, with the usual umask modes (`share_modes`). A folder at
     `dst` is first moved into a private `.old` folder (`os.replace` cannot replace a non-empty folder), deleted
-    after; if the rename fails, it is moved back."""
+    after; if the rename fails, it is moved back. A symbolic link at `dst` is refused (`refuse_link`)."""
     src, dst = Path(src), Path(dst)
+    refuse_link(dst)
     share_modes(src)
-    if dst.is_dir() and not dst.is_symlink():
+    if dst.is_dir():
         aside = _private_folder(dst, "old")
         os.replace(dst, aside / dst.name)
         try:

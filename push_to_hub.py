@@ -26,9 +26,10 @@ from huggingface_hub.utils import validate_repo_id
 from transformers import GenerationConfig
 
 import atomic_io
-from cli_guard import (RunError, check_pickles, check_safetensors, jsonl_lines, load_model, load_state_strictly,
+from cli_guard import (RunError, check_pickles, check_safetensors, load_model, load_state_strictly,
                        load_weights_only, missing_local_folder, nonfinite_weights, refuse_pickle_weights, run_cli,
                        writing)
+from run_records import MetricsLog, read_run_record
 from modeling_gpt import GPTConfig, GPTForCausalLM
 from modeling_gpt.convert import native_class_name
 from modeling_gpt.network import require_hub
@@ -91,17 +92,14 @@ def _final_record(folder: Path) -> dict:
     """The record the trainer wrote into final/ with its weights (step, tokens, time, hardware, settings): the facts
     of these weights, never of a newer checkpoint or a run still going. {} for a folder without one."""
     path = folder / FINAL_RECORD
-    record = _read_json(path) if path.is_file() else {}
-    if not isinstance(record, dict):
-        raise ValueError(f"{path} is not the trainer's record of the exported run (a JSON object): export again")
-    return record
+    return read_run_record(path) if path.is_file() else {}
 
 
 def _read_metrics(run_dir: Path | None, max_step: int | None) -> list[dict]:
     if run_dir is None:
         return []
-    rows = [row for _, row in jsonl_lines(run_dir / "metrics.jsonl")]
-    return [r for r in rows if max_step is None or r.get("step", 0) <= max_step]
+    rows = MetricsLog(run_dir / "metrics.jsonl").read()
+    return [r for r in rows if max_step is None or r["step"] <= max_step]
 
 
 def _read_safetensors(path: Path) -> dict:
@@ -243,7 +241,7 @@ def load_source(checkpoint, tokenizer=None) -> Source:
         state = _final_record(path)
         max_step = state.get("step")
     elif (path / "trainer_state.json").is_file():
-        state = _read_json(path / "trainer_state.json")
+        state = read_run_record(path / "trainer_state.json")
         weights = _checkpoint_state_dict(path)
         config, origin = _checkpoint_config(path, state, run_dir)
         model = load_state_strictly(GPTForCausalLM(config), weights, f"--checkpoint {path} (config from {origin})")

@@ -40,10 +40,11 @@ from transformers import AutoConfig, GenerationConfig, GPT2LMHeadModel, HfArgume
 
 import atomic_io
 import token_shards
-from cli_guard import (FolderLock, Interrupted, RunError, UserError, check_pickles, check_safetensors, load_model,
-                       load_state_strictly, load_weights_only, missing_local_folder, nonfinite_weights, run_cli,
-                       writing)
+from cli_guard import (PICKLE_WEIGHTS, FolderLock, Interrupted, RunError, UserError, check_pickles, check_safetensors,
+                       load_model, load_state_strictly, load_weights_only, missing_local_folder, nonfinite_weights,
+                       run_cli, writing)
 from eval import mean_loss, run_tasks
+from run_records import MetricsLog, read_run_record
 from modeling_gpt import PRESETS, GPTConfig, GPTForCausalLM
 from modeling_gpt.flops import flops_per_token, peak_tflops
 from modeling_gpt.network import load_local_or_hub
@@ -432,6 +433,7 @@ class CheckpointManager:
     def __init__(self, root: Union[str, os.PathLike], keep_last_k: int = 0):
         self.root = Path(root)
         self.keep_last_k = keep_last_k
+        self.links_kept = set()  # linked old checkpoints pruning skipped (and warned of once)
 
     def path(self, step: int) -> Path:
         return self.root / f"step_{step:07d}"
@@ -464,40 +466,14 @@ class CheckpointManager:
         """Move a finished temporary folder into place (atomic rename), then prune old checkpoints."""
         final = atomic_io.replace(self.temp_path(step), self.path(step))  # also over a step re-saved after a resume
         if self.keep_last_k:
-            for old in self.steps()[: -self.keep_last_k]:
-                shutil.rmtree(self.path(old))
+            for old in map(self.path, self.steps()[: -self.keep_last_k]):
+                if not old.is_symlink():
+                    shutil.rmtree(old)
+                elif old not in self.links_kept:  # never deleted through, nor blocking the pruning of the others
+                    self.links_kept.add(old)
+                    print(f"gpt-train: warning: {old} is a symbolic link (to {os.readlink(old)}): not pruned by "
+                          "keep_last_k, which deletes only real folders; remove it yourself", file=sys.stderr, flush=True)
         return final
-
-
-class MetricsLog:
-    """metrics.jsonl: one JSON object per optimizer step, appended as the run goes."""
-
-    def __init__(self, path: Union[str, os.PathLike]):
-        self.path = Path(path)
-
-    def truncate(self, last_step: int):
-        """Keep the steps <= last_step (what a resumed run has not redone); drop a torn last line."""
-        if not self.path.exists():
-            return
-        kept = []
-        for line in self.path.read_text().splitlines():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if record.get("step", 0) <= last_step:
-                kept.append(line)
-        atomic_io.write_text(self.path, "".join(line + "\n" for line in kept))
-
-    def append(self, records: list[dict]):
-        with self.path.open("a") as f:
-            for record in records:
-                f.write(json.dumps(record) + "\n")
-
-    def read(self) -> list[dict]:
-        if not self.path.exists():
-            return []
-        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
 
 
 class NonFiniteLossError(RunError):
@@ -555,7 +531,7 @@ def load_pretrained(init_from: str, dropout: Optional[float]) -> GPTForCausalLM:
         if not (path / "model.safetensors").is_file():
             raise ConfigError(f"init_from={init_from!r} is a sharded FSDP checkpoint; merge it into one file first: "
                               f"accelerate merge-weights {path / 'pytorch_model_fsdp_0'} <folder>, or use the run's final/")
-        config = json.loads((path / "trainer_state.json").read_text())["model_config"]
+        config = read_run_record(path / "trainer_state.json", required=("model_config",))["model_config"]
         model = GPTForCausalLM(GPTConfig.from_dict({**config, **({} if dropout is None else {"dropout": dropout})}))
         check_safetensors(path)
         return load_state_strictly(model, load_file(path / "model.safetensors"), f"init_from {init_from}")
@@ -801,15 +777,17 @@ def checkpoint_damage(path: Path, world_size: int) -> Optional[str]:
 
     Every file is opened the way it will be loaded: weights-only (no pickle runs code), memory-mapped (cheap)."""
     try:
-        state = json.loads((path / "trainer_state.json").read_text())
-        missing = [key for key in ("step", "train_loader") if key not in state]
+        state = read_run_record(path / "trainer_state.json", required=("step", "train_loader"))
+        missing = [name for name in state.get("files", []) if not (path / name).is_file()]
         if missing:
-            raise KeyError(f"trainer_state.json has no {', '.join(missing)}")
+            raise UserError(f"{', '.join(missing[:5])}{', ...' if len(missing) > 5 else ''}: saved with the checkpoint, "
+                            "now missing")
         check_pickles(path)  # FSDP sharded folders: .metadata is a pickle
         check_safetensors(path)
         # accelerate swallows a damaged RNG file and resumes with other dropout masks: check them here
         expected = [path / f"random_states_{i}.pkl" for i in range(world_size)] if state.get("world_size") == world_size else []
-        for file in sorted({*path.glob("*.bin"), *path.glob("random_states_*.pkl"), *expected}):
+        pickles = {file for pattern in (*PICKLE_WEIGHTS, "*.pkl") for file in path.glob(pattern)}  # scaler.pt too
+        for file in sorted({*pickles, *expected}):
             load_weights_only(file, mmap=True)
     except Exception as err:  # noqa: BLE001  anything that fails to load makes the checkpoint unusable
         return f"{type(err).__name__}: {' '.join(str(err).split())[:300]}"
@@ -889,6 +867,40 @@ def config_changes(state: dict, settings: dict, model_config: dict, data: dict) 
     if saved_data is not None and saved_data["sha256"] != data["sha256"]:
         changes["data set"] = tuple(f"{d['dir']} (sha256 {d['sha256'][:12]})" for d in (saved_data, data))
     return changes
+
+
+def weight_shapes(config: dict) -> Optional[dict]:
+    """{tensor name: shape} of what a checkpoint of the model a config dict builds holds (a tied head is not saved), on
+    the meta device (no memory); None if the config builds no model."""
+    try:
+        with torch.device("meta"):
+            model = GPTForCausalLM(GPTConfig.from_dict({k: v for k, v in config.items() if k not in MODEL_CONFIG_IGNORED}))
+    except (ValueError, TypeError):
+        return None
+    tied = set(model.all_tied_weights_keys or {})
+    return {name: tuple(t.shape) for name, t in model.state_dict().items() if name not in tied}
+
+
+def shape_changes(saved: dict, now: dict) -> dict[str, tuple]:
+    """{model setting: (checkpoint's value, this run's)} for the changed settings that change a weight's shape (those
+    that alone do; all changed ones where only together they do): a checkpoint cannot be loaded into such a model."""
+    before = weight_shapes(saved)
+    if before is None or weight_shapes(now) == before:
+        return {}
+    changed = sorted(k for k in saved.keys() & now.keys() - MODEL_CONFIG_IGNORED if saved[k] != now[k])
+    alone = [k for k in changed if weight_shapes({**saved, k: now[k]}) != before]
+    return {k: (saved[k], now[k]) for k in alone or changed}
+
+
+def check_shapes(path: Path, state: dict, model_config: dict):
+    """Refuse a resume into a model whose weights the checkpoint's do not fit, even when changes are allowed."""
+    shapes = shape_changes(state.get("model_config", {}), model_config)
+    if shapes:
+        listed = "; ".join(f"{key}: checkpoint {old!r}, now {new!r}" for key, (old, new) in shapes.items())
+        vocab = " (vocab_size is the data set's tokenizer's)" if "vocab_size" in shapes else ""
+        raise ConfigError(f"resuming {path} would change which weights it holds or their shapes: {listed}{vocab}. These "
+                          "settings cannot change on resume, even with --allow_config_change: resume with the "
+                          "checkpoint's values, or start a new run in another output_dir")
 
 
 def check_resume(path: Path, state: dict, changes: dict, args: TrainArguments):
@@ -986,6 +998,25 @@ def to_float8(model: torch.nn.Module) -> torch.nn.Module:
     return convert_to_float8_training(model, module_filter_fn=float8_filter)
 
 
+def prepare_output_dir(args: TrainArguments, checkpoints: CheckpointManager, metrics: MetricsLog, fresh: bool,
+                       start_step: int, changes: dict):
+    """Main process: clear what killed writers left, cut metrics.jsonl back to the checkpoint's step (a resumed run
+    redoes the steps after it) and record the allowed changes; a fresh start with overwrite_output_dir first removes
+    the earlier run's results."""
+    output_dir = Path(args.output_dir)
+    if fresh and args.overwrite_output_dir:  # asked for: the earlier run's results go
+        atomic_io.remove(checkpoints.root)
+        atomic_io.remove(output_dir / "final")
+        atomic_io.remove(metrics.path)
+    atomic_io.refuse_link(output_dir / "final")  # replaced at the end of the run: refused now, not after training
+    checkpoints.remove_partial()
+    atomic_io.remove_leftovers(output_dir)  # a killed export's final/ or metrics.jsonl rewrite
+    output_dir.mkdir(parents=True, exist_ok=True)
+    metrics.truncate(start_step)
+    if changes:
+        metrics.append([{"step": start_step, "config_change": {k: list(v) for k, v in changes.items()}}])
+
+
 def start_up(argv=None) -> Run:
     """Settings, accelerator, data, model, optimizer and, when resuming, the checkpoint."""
     model_args, data_args, args = parse_args(argv)
@@ -1023,24 +1054,15 @@ def start_up(argv=None) -> Run:
     settings = {k: v for obj in (model_args, data_args, args) for k, v in asdict(obj).items()}
     resume, state, changes = on_main(accelerator, lambda: resume_point(args, checkpoints, world)), {}, {}
     if resume is not None:
-        state = json.loads((resume / "trainer_state.json").read_text())
+        state = read_run_record(resume / "trainer_state.json", required=("step", "train_loader"))
         changes = config_changes(state, settings, model_config, data)
+        check_shapes(resume, state, model_config)
         check_resume(resume, state, changes, args)
         load_checkpoint(accelerator, resume, state, train_loader, changes)
     start_step = state.get("step", 0)
+    on_main(accelerator, lambda: prepare_output_dir(args, checkpoints, metrics, resume is None, start_step, changes))
     if resume is not None:
         accelerator.print(f"resumed from {resume} (step {start_step}, {state.get('tokens', 0):,} tokens)")
-    if accelerator.is_main_process:
-        if resume is None and args.overwrite_output_dir:  # asked for: the earlier run's results go
-            atomic_io.remove(checkpoints.root)
-            atomic_io.remove(output_dir / "final")
-        checkpoints.remove_partial()
-        atomic_io.remove_leftovers(output_dir)  # a killed export's final/ or metrics.jsonl rewrite
-        output_dir.mkdir(parents=True, exist_ok=True)
-        metrics.truncate(start_step)  # a resumed run redoes the steps after its checkpoint
-        if changes:
-            metrics.append([{"step": start_step, "config_change": {k: list(v) for k, v in changes.items()}}])
-    accelerator.wait_for_everyone()
 
     start_trackers(accelerator, tracker, args, settings)
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or device.type
@@ -1167,7 +1189,7 @@ def resume_hint(run: Run) -> str:
     """How to go on from the newest checkpoint: the advice every stopped run ends with."""
     if run.last_good is None:
         return "no checkpoint was saved yet: run the same command with --overwrite_output_dir to start again"
-    step = json.loads((run.last_good / "trainer_state.json").read_text())["step"]
+    step = read_run_record(run.last_good / "trainer_state.json", required=("step",))["step"]
     return f"run the same command with --resume_from_checkpoint latest to continue from {run.last_good} (step {step})"
 
 
@@ -1206,7 +1228,8 @@ def maybe_save(run: Run, step: int):
             accelerator.save_state(str(tmp))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        state = dict(run_facts(run, step), train_loader=run.train_loader.state_dict())
+        files = sorted(p.relative_to(tmp).as_posix() for p in tmp.rglob("*") if p.is_file())
+        state = dict(run_facts(run, step), train_loader=run.train_loader.state_dict(), files=files)
         # written last: a folder without it is never picked by a resume
         (tmp / "trainer_state.json").write_text(json.dumps(state, indent=2))
         run.checkpoints.commit(step)

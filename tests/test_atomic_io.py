@@ -101,3 +101,15 @@ def test_write_bytes_with_fsync_joins_the_chunks(tmp_path):
     path = tmp_path / "shard.bin"
     atomic_io.write_bytes(path, b"head", memoryview(b"tokens"), fsync=True)
     assert path.read_bytes() == b"headtokens"
+
+
+def test_a_symbolic_link_in_the_way_is_neither_replaced_nor_written_through(tmp_path):
+    target = tmp_path / "target"
+    target.mkdir()
+    (target / "keep.txt").write_text("mine")
+    (tmp_path / "out").symlink_to(target)
+    with pytest.raises(atomic_io.LinkInTheWay, match=r"out is a symbolic link \(to .*target\): it is not replaced"):
+        with atomic_io.atomic_path(tmp_path / "out") as tmp:
+            tmp.mkdir()
+    assert (tmp_path / "out").is_symlink() and (target / "keep.txt").read_text() == "mine"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "target"]  # its temporary folder is gone

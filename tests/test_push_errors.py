@@ -291,6 +291,33 @@ def test_damaged_input_is_one_line(run, damage, message, refused):
     assert message in line
 
 
+@pytest.mark.parametrize("line, problem", [
+    (b"[1, 2]\n", "is not a JSON object ([1, 2])"),
+    (b'{"loss": 2.0}\n', "has step=None, not an integer"),
+    (b'\xff{"step": 5}\n', "is not UTF-8 text (byte 1)"),
+])
+def test_a_metrics_line_that_is_not_a_record_is_refused_naming_file_and_line(run, tmp_path, refused, line, problem):
+    """The trainer's reader (run_records.MetricsLog) is gpt-push's: the same refusal, the same words."""
+    (run / "final" / "training_record.json").write_text(json.dumps({"step": 4, "tokens": 1024}))
+    with open(run / "metrics.jsonl", "ab") as f:
+        f.write(line)
+    refusal = refused(push_to_hub.main, push(run / "final", "--output-dir", str(tmp_path / "hub")))
+    assert refusal == (f"gpt-push: error: {run / 'metrics.jsonl'} line 5 {problem}: each line must be a JSON object "
+                       "with an integer step, as gpt-train writes them; repair or remove that line")
+    assert not (tmp_path / "hub").exists()
+
+
+@pytest.mark.parametrize("record", ["trainer_state.json", "training_record.json"])
+def test_a_run_record_field_of_another_type_is_refused_naming_file_field_and_type(run, tmp_path, refused, record):
+    """The trainer's reader of its records (run_records.read_run_record) is gpt-push's."""
+    folder = run / "checkpoints" / "step_0000004" if record == "trainer_state.json" else run / "final"
+    state = json.loads((folder / record).read_text()) if (folder / record).is_file() else {}
+    (folder / record).write_text(json.dumps({**state, "step": "4"}))
+    line = refused(push_to_hub.main, push(folder, "--output-dir", str(tmp_path / "hub")))
+    assert line == (f'gpt-push: error: {folder / record}: step="4" is not an integer >= 0, as the trainer writes it')
+    assert not (tmp_path / "hub").exists()
+
+
 def test_a_tokenizer_folder_that_does_not_exist_is_named(run, tmp_path, refused):
     line = refused(push_to_hub.main, push(run / "final", "--tokenizer", str(tmp_path / "nope")))
     assert line == f"gpt-push: error: --tokenizer {tmp_path / 'nope'}: no such folder"

@@ -131,7 +131,7 @@ def test_init_from_pickle_weights_is_refused_without_advice_to_unpickle_them(run
                                             "weights are never loaded, only safetensors ones; use a folder holding "
                                             "model.safetensors")
     assert "weights_only" not in err and "Traceback" not in err
-    assert not marker.exists()
+    assert not marker.exists() and not (tmp_path / "out" / "checkpoints").exists()
 
 
 HOLD_LOCK = """
@@ -181,6 +181,36 @@ def test_a_lock_file_that_is_not_a_plain_file_is_refused_and_nothing_outside_is_
     assert tree_digest(run) == before
 
 
+def test_final_that_is_a_symbolic_link_is_refused_before_training_and_kept(run, data, tmp_path, refused, tree_digest):
+    elsewhere = tmp_path / "elsewhere"
+    (run / "final").rename(elsewhere)
+    (run / "final").symlink_to(elsewhere)
+    before, kept = tree_digest(run), tree_digest(elsewhere)
+    line = refused(train_accelerate.main, argv(data, run, "--resume_from_checkpoint", "latest", "--max_steps", "6",
+                                               "--allow_config_change"))
+    assert line == (f"gpt-train: error: {run / 'final'} is a symbolic link (to {elsewhere}): it is not replaced, nor "
+                    "written through; move the link away (what it points to is kept) and run the same command again")
+    assert tree_digest(run) == before and tree_digest(elsewhere) == kept
+    assert steps_logged(run) == [1, 2, 3, 4]  # refused before the first step
+
+
+def test_a_linked_old_checkpoint_is_never_pruned_through_and_does_not_block_pruning(run, data, tmp_path, capsys,
+                                                                                   tree_digest):
+    elsewhere = tmp_path / "elsewhere"
+    step2 = run / "checkpoints" / "step_0000002"
+    step2.rename(elsewhere)
+    step2.symlink_to(elsewhere)
+    kept = tree_digest(elsewhere)
+    train_accelerate.main(argv(data, run, "--resume_from_checkpoint", "latest", "--max_steps", "8",
+                               "--allow_config_change", "--keep_last_k", "1"))
+    err = capsys.readouterr().err
+    warning = (f"gpt-train: warning: {step2} is a symbolic link (to {elsewhere}): not pruned by keep_last_k, which "
+               "deletes only real folders; remove it yourself")
+    assert err.count(warning) == 1  # once, not at every save
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step_0000002", "step_0000008"]
+    assert step2.is_symlink() and tree_digest(elsewhere) == kept
+
+
 def test_a_finished_run_without_checkpoints_is_not_replaced_unasked(run, data, refused, tree_digest):
     shutil.rmtree(run / "checkpoints")
     before = tree_digest(run)
@@ -208,6 +238,21 @@ def test_a_damaged_newest_checkpoint_falls_back_to_the_previous_one(run, data, c
     assert steps_logged(run) == [1, 2, 3, 4, 5, 6]  # steps 3 and 4 were redone from step 2
 
 
+@pytest.mark.parametrize("deleted", ["optimizer.bin", "model.safetensors", "random_states_0.pkl"])
+def test_a_file_missing_from_the_newest_checkpoint_is_damage_and_the_previous_one_is_used(run, data, capsys, refused,
+                                                                                         deleted):
+    step4 = run / "checkpoints" / "step_0000004"
+    (step4 / deleted).unlink()
+    damage = f"checkpoint {step4} is damaged (UserError: {deleted}: saved with the checkpoint, now missing)"
+    line = refused(train_accelerate.main, argv(data, run, "--resume_from_checkpoint", str(step4)), code=1)
+    assert line == f"gpt-train: error: {damage}; resume from an earlier one"
+    train_accelerate.main(argv(data, run, "--resume_from_checkpoint", "latest", "--max_steps", "6",
+                               "--allow_config_change"))
+    err = capsys.readouterr().err
+    assert f"gpt-train: warning: {damage}; falling back to the previous one" in err
+    assert steps_logged(run) == [1, 2, 3, 4, 5, 6]  # steps 3 and 4 were redone from step 2
+
+
 def test_resume_refuses_another_data_set_and_max_steps_below_the_checkpoint(run, data, tmp_path, refused, tree_digest):
     """The checks themselves are issue 12's (config_changes, check_resume); these are the cases issue 11 found."""
     before = tree_digest(run)
@@ -225,7 +270,45 @@ def test_resume_refuses_another_data_set_and_max_steps_below_the_checkpoint(run,
     assert tree_digest(run) == before
 
 
-@pytest.mark.parametrize("crafted", ["pytorch_model_fsdp_0/.metadata", "optimizer.bin", "random_states_0.pkl"])
+SHAPE_REFUSAL = ("gpt-train: error: resuming {} would change which weights it holds or their shapes: {}. These settings "
+                 "cannot change on resume, even with --allow_config_change: resume with the checkpoint's values, or "
+                 "start a new run in another output_dir")
+
+
+@pytest.mark.parametrize("extra, listed", [
+    (["--n_embd", "128"], "n_embd: checkpoint 64, now 128; n_inner: checkpoint 256, now 512"),  # n_inner follows n_embd
+    (["--n_layer", "3"], "n_layer: checkpoint 2, now 3"),
+    (["--n_positions", "128"], "n_positions: checkpoint 256, now 128"),  # learned positions: wpe's shape
+    (["--qk_norm", "true"], "qk_norm: checkpoint False, now True"),
+    (["--tie_word_embeddings", "false"], "tie_word_embeddings: checkpoint True, now False"),  # lm_head.weight appears
+])
+def test_a_resume_that_changes_a_weights_shape_is_refused_even_when_changes_are_allowed(run, data, refused, tree_digest,
+                                                                                        extra, listed):
+    before = tree_digest(run)
+    line = refused(train_accelerate.main, argv(data, run, "--resume_from_checkpoint", "latest", "--max_steps", "6",
+                                               "--allow_config_change", *extra))
+    assert line == SHAPE_REFUSAL.format(run / "checkpoints" / "step_0000004", listed)
+    assert tree_digest(run) == before
+
+
+def test_a_resume_onto_a_data_set_with_another_vocabulary_is_refused_naming_vocab_size(run, data, tmp_path, refused,
+                                                                                     tree_digest):
+    other = tmp_path / "other"
+    tokenize_fineweb.main(["--data-files", str(data / "docs.jsonl"), "--output", str(other), "--train-tokenizer",
+                           "--vocab-size", "400", "--tokenizer-train-docs", "50", "--shard-size", "4000",
+                           "--val-tokens", "1000", "--workers", "1"])
+    vocab = json.loads((other / "manifest.json").read_text())["vocab_size"]
+    before = tree_digest(run)
+    line = refused(train_accelerate.main, argv(data, run, "--resume_from_checkpoint", "latest", "--max_steps", "6",
+                                               "--allow_config_change", "--data_dir", str(other)))
+    assert line.startswith(f"gpt-train: error: resuming {run / 'checkpoints' / 'step_0000004'} would change which weights "
+                           f"it holds or their shapes: vocab_size: checkpoint 300, now {vocab} (vocab_size is the data "
+                           "set's tokenizer's). These settings cannot change on resume")
+    assert tree_digest(run) == before
+
+
+@pytest.mark.parametrize("crafted", ["pytorch_model_fsdp_0/.metadata", "optimizer.bin", "random_states_0.pkl",
+                                     "scaler.pt"])
 def test_a_crafted_pickle_in_a_checkpoint_is_refused_and_never_run(run, data, tmp_path, refused, crafted, runs_code):
     step4 = run / "checkpoints" / "step_0000004"
     marker = tmp_path / "code-ran"
@@ -239,6 +322,60 @@ def test_a_crafted_pickle_in_a_checkpoint_is_refused_and_never_run(run, data, tm
     assert line.startswith(f"gpt-train: error: checkpoint {step4} is damaged (UserError: refused {file}: ")
     assert "posix.mkdir" in line
     assert not marker.exists()
+
+
+METRICS_FIX = ("each line must be a JSON object with an integer step, as gpt-train writes them; repair or remove that "
+               "line")
+
+
+@pytest.mark.parametrize("line, problem", [
+    (b"42\n", "is not a JSON object (42)"),
+    (b'{"step": "5"}\n', "has step='5', not an integer"),
+    (b"{not json\n", "is not valid JSON (Expecting property name enclosed in double quotes)"),
+    (b'\xff{"step": 5}\n', "is not UTF-8 text (byte 1)"),
+])
+def test_a_metrics_line_that_is_not_a_record_is_refused_on_resume_naming_file_and_line(run, data, refused, tree_digest,
+                                                                                       line, problem):
+    with open(run / "metrics.jsonl", "ab") as f:
+        f.write(line)
+    before = tree_digest(run)
+    refusal = refused(train_accelerate.main, argv(data, run, "--resume_from_checkpoint", "latest", "--max_steps", "6",
+                                                  "--allow_config_change"))
+    assert refusal == f"gpt-train: error: {run / 'metrics.jsonl'} line 5 {problem}: {METRICS_FIX}"
+    assert tree_digest(run) == before
+
+
+def test_a_torn_last_metrics_line_is_dropped_on_resume(run, data):
+    with open(run / "metrics.jsonl", "a") as f:
+        f.write('{"step": 5, "lo')  # a run killed mid-append
+    train_accelerate.main(argv(data, run, "--resume_from_checkpoint", "latest", "--max_steps", "6",
+                               "--allow_config_change"))
+    assert steps_logged(run) == [1, 2, 3, 4, 5, 6]
+
+
+@pytest.mark.parametrize("field, value, expected", [
+    ("step", "4", "an integer >= 0"),
+    ("world_size", 0, "an integer >= 1"),
+    ("config", [1], "a JSON object"),
+    ("train_loader.position", -3, "an integer >= 0"),  # the loader's saved position in the data
+    ("train_loader.batch_size", 2.5, "an integer >= 1"),
+    ("data.sha256", None, "a string"),
+])
+def test_a_trainer_state_field_of_another_type_is_damage_naming_file_field_and_type(run, data, capsys, refused,
+                                                                                   field, value, expected):
+    """Named explicitly the checkpoint is refused; as the newest one it is damage, and the previous one is used."""
+    step4 = run / "checkpoints" / "step_0000004"
+    state = json.loads((step4 / "trainer_state.json").read_text())
+    outer, _, inner = field.partition(".")
+    (state[outer] if inner else state)[inner or outer] = value
+    (step4 / "trainer_state.json").write_text(json.dumps(state))
+    problem = f"{step4 / 'trainer_state.json'}: {field}={json.dumps(value)} is not {expected}, as the trainer writes it"
+    line = refused(train_accelerate.main, argv(data, run, "--resume_from_checkpoint", str(step4)), code=1)
+    assert line == f"gpt-train: error: checkpoint {step4} is damaged (UserError: {problem}); resume from an earlier one"
+    train_accelerate.main(argv(data, run, "--resume_from_checkpoint", "latest", "--max_steps", "6",
+                               "--allow_config_change"))
+    assert f"gpt-train: warning: checkpoint {step4} is damaged (UserError: {problem}); falling back" in capsys.readouterr().err
+    assert steps_logged(run) == [1, 2, 3, 4, 5, 6]
 
 
 def test_what_the_first_evaluation_needs_is_checked_before_the_first_step(data, tmp_path, refused):
