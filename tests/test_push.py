@@ -160,6 +160,21 @@ Path(job["result"]).write_text(json.dumps(out))
 """
 
 
+def test_with_the_project_imported_auto_tokenizer_asks_nothing(exported):
+    """The README's workaround for transformers' remote-code prompt: once `import modeling_gpt` has registered the
+    model type, AutoTokenizer loads the export's tokenizer with no question and no warning (stdin closed)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, modeling_gpt\nfrom transformers import AutoTokenizer\n"
+            "print(len(AutoTokenizer.from_pretrained(sys.argv[1])))")
+    result = subprocess.run([sys.executable, "-c", code, str(exported / "remote")], capture_output=True, text=True,
+                            stdin=subprocess.DEVNULL, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip() == str(len(PreTrainedTokenizerFast.from_pretrained(exported / "remote")))
+    assert "Do you wish" not in result.stdout + result.stderr and "instantiate a model" not in result.stderr
+
+
 def usage_code(folder: Path) -> str:
     card = (folder / "README.md").read_text()
     code = re.search(r"```python\n(.*?)```", card, re.S).group(1)
