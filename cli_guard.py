@@ -313,12 +313,13 @@ def check_safetensors(path):
 PICKLE_WEIGHTS = ("*.bin", "*.pt", "*.pth", "*.ckpt")
 
 
-def refuse_pickle_weights(folder, what: str):
-    """A model folder whose weights are only pickles (pytorch_model.bin, ...) is refused: pickles are never loaded."""
+def refuse_pickle_weights(folder, what: str, patterns=PICKLE_WEIGHTS):
+    """A model folder whose weights are only pickles (pytorch_model.bin, ...) is refused: pickles are never loaded.
+    `patterns` name the weights' files (a training checkpoint holds other pickles: optimizer.bin, scaler.pt)."""
     folder = Path(folder)
     if any(folder.glob("*.safetensors")):
         return
-    pickles = sorted({p.name for pattern in PICKLE_WEIGHTS for p in folder.glob(pattern)})
+    pickles = sorted({p.name for pattern in patterns for p in folder.glob(pattern)})
     if pickles:
         raise UserError(f"{what} {folder}: refused {', '.join(pickles)}: pickle weights are never loaded, only "
                         "safetensors ones; use a folder holding model.safetensors")

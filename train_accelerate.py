@@ -42,7 +42,7 @@ import atomic_io
 import token_shards
 from cli_guard import (PICKLE_WEIGHTS, FolderLock, Interrupted, RunError, UserError, check_pickles, check_safetensors,
                        load_model, load_state_strictly, load_weights_only, missing_local_folder, nonfinite_weights,
-                       run_cli, writing)
+                       refuse_pickle_weights, run_cli, writing)
 from eval import mean_loss, run_tasks
 from run_records import MetricsLog, read_run_record
 from modeling_gpt import PRESETS, GPTConfig, GPTForCausalLM
@@ -529,6 +529,10 @@ def load_pretrained(init_from: str, dropout: Optional[float]) -> GPTForCausalLM:
     path = Path(init_from)
     if (path / "trainer_state.json").is_file():
         if not (path / "model.safetensors").is_file():
+            refuse_pickle_weights(path, "init_from", patterns=("pytorch_model*.bin",))  # accelerate's pickle name
+            if not (path / "pytorch_model_fsdp_0").is_dir():
+                raise ConfigError(f"init_from={init_from!r}: the checkpoint has no model.safetensors; use another "
+                                  "checkpoint of the run or its final/")
             raise ConfigError(f"init_from={init_from!r} is a sharded FSDP checkpoint; merge it into one file first: "
                               f"accelerate merge-weights {path / 'pytorch_model_fsdp_0'} <folder>, or use the run's final/")
         config = read_run_record(path / "trainer_state.json", required=("model_config",))["model_config"]

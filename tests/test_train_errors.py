@@ -118,8 +118,10 @@ def test_init_from_weights_with_a_missing_or_unexpected_tensor_is_refused_naming
     assert not (tmp_path / "out" / "checkpoints").exists()
 
 
-def test_init_from_pickle_weights_is_refused_without_advice_to_unpickle_them(run, data, tmp_path, capsys, runs_code):
-    final = run / "final"
+@pytest.mark.parametrize("source", ["final", "checkpoint"])
+def test_init_from_pickle_weights_is_refused_without_advice_to_unpickle_them(run, data, tmp_path, capsys, runs_code,
+                                                                             source):
+    final = run / "final" if source == "final" else run / "checkpoints" / "step_0000004"
     (final / "model.safetensors").unlink()
     marker = tmp_path / "code-ran"
     torch.save({"transformer.wte.weight": runs_code(marker)}, final / "pytorch_model.bin")
@@ -141,6 +143,14 @@ FolderLock(sys.argv[1], "output_dir").acquire()
 print("locked", flush=True)
 time.sleep(60)
 """
+
+
+def test_init_from_a_checkpoint_without_its_weights_says_so(run, data, tmp_path, refused):
+    checkpoint = run / "checkpoints" / "step_0000004"
+    (checkpoint / "model.safetensors").unlink()
+    line = refused(train_accelerate.main, argv(data, tmp_path / "out", "--init_from", str(checkpoint)))
+    assert line == (f"gpt-train: error: init_from='{checkpoint}': the checkpoint has no model.safetensors; use another "
+                    "checkpoint of the run or its final/")
 
 
 def test_a_second_run_into_a_locked_output_dir_is_refused_with_the_holders_pid(run, data, refused, tree_digest):
