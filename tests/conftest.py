@@ -1,5 +1,6 @@
 import configparser
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -8,6 +9,12 @@ import pytest
 import torch
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def ctrl_c_as_on_a_terminal():
+    """preexec_fn of a child that a test interrupts: SIGINT raises KeyboardInterrupt in it even where pytest runs with
+    SIGINT ignored (a script's `cmd &` starts it so, and children inherit that)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 @pytest.fixture(scope="module")

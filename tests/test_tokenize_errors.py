@@ -13,6 +13,7 @@ import pytest
 
 import token_shards
 import tokenize_fineweb
+from conftest import ctrl_c_as_on_a_terminal
 
 REPO = Path(__file__).resolve().parents[1]
 WORDS = "the cat sat on a mat while rivers carry water from high mountains down to the open sea".split()
@@ -207,7 +208,8 @@ def test_ctrl_c_says_how_to_continue_and_the_same_command_finishes(tmp_path):
     out = tmp_path / "out"
     command = [sys.executable, "-m", "tokenize_fineweb", *argv, "--output", str(out)]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=ctrl_c_as_on_a_terminal)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and proc.poll() is None:
         manifest = out / "manifest.json"

@@ -18,6 +18,7 @@ import torch
 
 import tokenize_fineweb
 import train_accelerate
+from conftest import ctrl_c_as_on_a_terminal
 
 REPO = Path(__file__).resolve().parents[1]
 WORDS = "the cat sat on a mat while rivers carry water from high mountains down to the open sea".split()
@@ -546,7 +547,8 @@ def test_ctrl_c_names_the_step_and_the_checkpoint_and_the_same_command_resumes(d
     out = tmp_path / "out"
     command = [sys.executable, str(REPO / "train_accelerate.py"), *argv(data, out, "--max_steps", "100000",
                                                                         "--resume_from_checkpoint", "latest")]
-    proc = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=ctrl_c_as_on_a_terminal)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and not (out / "checkpoints" / "step_0000004").is_dir():
         time.sleep(0.05)
