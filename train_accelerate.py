@@ -560,17 +560,23 @@ def memory_bytes(device: torch.device) -> int:
     return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
+def meta_model(config: GPTConfig) -> GPTForCausalLM:
+    """The model of `config` on the meta device: its tensors' shapes and sizes, no memory."""
+    with torch.device("meta"):
+        return GPTForCausalLM(config)
+
+
 def check_fits(config: GPTConfig, device: torch.device):
     """Refuse a model whose fp32 weights, gradients and AdamW moments (16 bytes a parameter) exceed the device's memory,
     counted on the meta device, before a byte of it is allocated."""
-    with torch.device("meta"):
-        model = GPTForCausalLM(config)
-    needed = 16 * model.num_parameters() + sum(b.numel() * b.element_size() for b in model.buffers())
+    model = meta_model(config)
+    n_params = model.num_parameters()
+    needed = 16 * n_params + sum(b.numel() * b.element_size() for b in model.buffers())
     available = memory_bytes(device)
     if needed > available:
         sizes = ", ".join(f"{k}={getattr(config, k)}" for k in ("n_layer", "n_embd", "n_inner", "n_positions", "vocab_size"))
         raise ConfigError(
-            f"the model ({sizes}) has {model.num_parameters():,} parameters: its weights, gradients and optimizer "
+            f"the model ({sizes}) has {n_params:,} parameters: its weights, gradients and optimizer "
             f"states need {needed / 2**30:,.1f} GiB, more than the {available / 2**30:,.1f} GiB of this {device.type}; "
             "choose smaller sizes"
         )
@@ -877,8 +883,7 @@ def weight_shapes(config: dict) -> Optional[dict]:
     """{tensor name: shape} of what a checkpoint of the model a config dict builds holds (a tied head is not saved), on
     the meta device (no memory); None if the config builds no model."""
     try:
-        with torch.device("meta"):
-            model = GPTForCausalLM(GPTConfig.from_dict({k: v for k, v in config.items() if k not in MODEL_CONFIG_IGNORED}))
+        model = meta_model(GPTConfig.from_dict({k: v for k, v in config.items() if k not in MODEL_CONFIG_IGNORED}))
     except (ValueError, TypeError):
         return None
     tied = set(model.all_tied_weights_keys or {})
