@@ -160,6 +160,7 @@ def _sharded_muon_step(rank: int, init_file: str, results: dict):
     if rank == 0:
         results["placements"] = str(p.placements)
         results["update"] = (full - weight).tolist()
+    dist.barrier()  # neither rank tears gloo down while the other still uses it (that aborts the process)
     dist.destroy_process_group()
 
 
