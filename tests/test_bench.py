@@ -170,3 +170,20 @@ def test_memory_bench_measures_both_models_on_the_same_batch():
                                                        ("GPTForCausalLM", "eval"), ("GPT2LMHeadModel", "eval")]
     assert rows[0]["loss"] == pytest.approx(rows[1]["loss"], abs=1e-4) and rows[2]["loss"] == pytest.approx(rows[3]["loss"], abs=1e-4)
     assert all(r["peak_mb"] >= 0 for r in rows)
+
+
+def test_memory_bench_in_bf16_prepares_as_the_trainer_and_as_accelerate():
+    """Both wrappers of --mixed_precision bf16 run in fresh processes (accelerate's state is one per process) and give
+    the same loss to the bit: dropping accelerate's float32 copy of the outputs changes no number."""
+    shape = ["--device", "cpu", "--n_layer", "1", "--n_embd", "32", "--n_head", "2", "--batch_size", "2", "--seq_len", "32",
+             "--mixed_precision", "bf16"]
+    rows = {}
+    for step in ("train", "eval"):
+        for wrapper in ("trainer", "accelerate"):
+            done = subprocess.run([sys.executable, str(BENCH / "bench_memory.py"), *shape, "--model", "ours", "--step", step,
+                                   "--wrapper", wrapper], capture_output=True, text=True, timeout=120)
+            assert done.returncode == 0, done.stderr[-2000:]
+            rows[step, wrapper] = json.loads(done.stdout.strip().splitlines()[-1])
+    for step in ("train", "eval"):
+        assert rows[step, "trainer"]["loss"] == rows[step, "accelerate"]["loss"]
+        assert [rows[step, w]["wrapper"] for w in ("trainer", "accelerate")] == ["trainer", "accelerate"]
