@@ -4,8 +4,8 @@
     python bench/gpu_suite.py --dry_run    # the plan and its time limits, anywhere
 
 Parts (each a separate process under its own time limit; the limits add up to at most --budget, so that every part
-gets its whole limit however the others fare). 124M GPT-2 geometry, T=1024, bf16 autocast + torch.compile, the
-trainer's micro-loop (64 sequences x 8 micro-batches per optimizer step) on random tokens of GPT-2's vocabulary:
+gets its whole limit however the others fare; one stopped at its limit keeps the models and trainer steps it had
+finished). 124M GPT-2 geometry, T=1024, bf16 autocast + torch.compile, the trainer's micro-loop (64 sequences x 8 micro-batches per optimizer step) on random tokens of GPT-2's vocabulary:
   trainer_gpt2     gpt-train --config configs/gpt2-124m.yaml itself: tokens/s and MFU from its log
   bench_gpt2       bench/train_throughput.py: ours vs the plain PyTorch reference vs GPT2LMHeadModel, sdpa's own
                    choice of kernel; tokens/s, MFU, peak memory per row
@@ -189,8 +189,19 @@ def print_summary(summary: dict):
         print(f"target {t['target']} >= {t['at_least']:g}: {cell(t['measured'], '.3f')} -> {t['verdict']}")
 
 
+def finished_before_timeout(name: str, scratch: Path, plan_out: dict, started: float) -> dict:
+    """What a part killed at its limit had measured: the benchmarks' rows written so far (train_throughput writes
+    them after every model), the trainer's logged steps; nothing for the other parts."""
+    if name in ("trainer_gpt2", "trainer_speedrun") and (scratch / name / "metrics.jsonl").is_file():
+        return trainer_throughput(scratch / name)
+    written = Path(plan_out.get(name, ""))
+    if name in THROUGHPUT and written.is_file() and written.stat().st_mtime >= started:  # this run's, not an older one
+        return collect(name, scratch, plan_out, "")
+    return {}
+
+
 def run_part(name: str, limit: int, cmd: list[str], left: float, scratch: Path, plan_out: dict) -> dict:
-    start = time.monotonic()
+    start, started = time.monotonic(), time.time()
     try:
         done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=max(1.0, min(limit, left)))
         status = "ok" if done.returncode == 0 else f"failed (exit {done.returncode})"
@@ -203,6 +214,8 @@ def run_part(name: str, limit: int, cmd: list[str], left: float, scratch: Path, 
         part.update(collect(name, scratch, plan_out, output))
         if name == "fsdp_smoke" and not (part["ran_as_fsdp"] and part["sharded_checkpoint"]):
             part["status"] = "failed (not FSDP, or no sharded checkpoint)"
+    elif status.startswith("timeout"):
+        part.update(finished_before_timeout(name, scratch, plan_out, started))
     return part
 
 

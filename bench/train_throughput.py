@@ -20,6 +20,7 @@ import copy
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -44,6 +45,7 @@ SDPA_BACKENDS = {
 }
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 MODELS = ("ours", "plain", "transformers", "ours-fp8")
+NOT_MEASURED = "not measured: the benchmark stopped before this model's turn"
 
 
 @dataclass
@@ -249,22 +251,26 @@ def sdpa_context(backend: str):
     return sdpa_kernel(SDPA_BACKENDS[backend])
 
 
-def timed(runners: dict, args, backend: str) -> dict:
-    """Warm every model up, then alternate them `rounds` times: (seconds, peak bytes) of each one's best round, or
-    the error that stopped it (the others go on)."""
-    best = {name: (float("inf"), None) for name in runners}
+def timed(runners: dict, args, backend: str, record: Callable[[dict], None]) -> dict:
+    """Alternate the models `rounds` times, each warmed up (compilation, allocator) just before its first timed run:
+    (seconds, peak bytes) of each one's best round, or the error that stopped it (the others go on). `record(best)`
+    after every run, so that a benchmark stopped from outside (a time limit) leaves the rows it finished."""
+    best = {name: NOT_MEASURED for name in runners}
     with sdpa_context(backend):
-        for _ in range(args.rounds + 1):  # round 0 is the warmup
+        for round_ in range(args.rounds):
             for name, runner in runners.items():
-                if isinstance(best[name], str):
+                if round_ and isinstance(best[name], str):  # stopped by an error
                     continue
                 try:
-                    seconds, peak_bytes = runner.run(args.warmup if _ == 0 else args.steps)
+                    if not round_:
+                        runner.run(args.warmup)
+                    seconds, peak_bytes = runner.run(args.steps)
                 except RuntimeError as err:  # a refused kernel, out of memory: this model's row says so
                     best[name] = f"{type(err).__name__}: {str(err).strip().splitlines()[0][:300]}"
-                    continue
-                if _ and seconds < best[name][0]:
-                    best[name] = (seconds, peak_bytes)
+                else:
+                    if not round_ or seconds < best[name][0]:
+                        best[name] = (seconds, peak_bytes)
+                record(best)
     return best
 
 
@@ -321,20 +327,26 @@ def main(argv: list[str] | None = None) -> dict:
 
     fpt = flops_per_token(config, args.seq_len)
     peak = args.peak_tflops or peak_tflops(device_name(device), dtype)
-    rows = result_rows(runners, timed(runners, args, args.sdpa_backend), args, fpt, peak)
-    ratio = ratios(rows)
-    result = {
-        "benchmark": "train_throughput", **environment(device),
-        "settings": {**asdict(args), "dtype": dtype, "compile": compile_model, "models": names},
-        "config": {k: getattr(config, k) for k in ("n_layer", "n_head", "n_embd", "n_inner", "vocab_size", "n_positions",
-                                                   "norm", "mlp", "position_embedding")}
-        | {"padded_vocab_size": config.padded_vocab_size},
-        "matmul_params": matmul_params(config), "flops_per_token": fpt, "peak_tflops": peak,
-        "max_logit_diff": logit_diff, "results": rows, "ratios": ratio,
-        "ratio_ours_vs_transformers": ratio.get("ours/transformers"),
-    }
     output = results_path(f"train_{device.type}_{args.preset}.json", args.output, args.save)
-    atomic_io.write_json(output, result, indent=2)
+
+    def record(best: dict) -> dict:
+        rows = result_rows(runners, best, args, fpt, peak)
+        ratio = ratios(rows)
+        result = {
+            "benchmark": "train_throughput", **environment(device),
+            "settings": {**asdict(args), "dtype": dtype, "compile": compile_model, "models": names},
+            "config": {k: getattr(config, k) for k in ("n_layer", "n_head", "n_embd", "n_inner", "vocab_size",
+                                                       "n_positions", "norm", "mlp", "position_embedding")}
+            | {"padded_vocab_size": config.padded_vocab_size},
+            "matmul_params": matmul_params(config), "flops_per_token": fpt, "peak_tflops": peak,
+            "max_logit_diff": logit_diff, "results": rows, "ratios": ratio,
+            "ratio_ours_vs_transformers": ratio.get("ours/transformers"),
+        }
+        atomic_io.write_json(output, result, indent=2)
+        return result
+
+    result = record(timed(runners, args, args.sdpa_backend, record))
+    rows, ratio = result["results"], result["ratios"]
 
     print(f"{result['device']} | {args.preset} L={config.n_layer} C={config.n_embd} | B={args.batch_size} "
           f"T={args.seq_len} x {args.grad_accum} | {dtype} | compile={compile_model} | sdpa={args.sdpa_backend}")

@@ -107,6 +107,24 @@ def test_train_throughput_accumulates_like_the_trainer_and_reports_a_failing_mod
     assert result["ratios"]["ours/plain"] is None and result["ratios"]["ours/transformers"] > 0
 
 
+def test_train_throughput_stopped_from_outside_leaves_the_rows_it_finished(tmp_path, monkeypatch):
+    """gpu_suite kills a part at its time limit: the JSON on disk then holds every model measured so far."""
+    out = tmp_path / "train.json"
+    real_run = tt.Runner.run
+
+    def run(self, n):
+        if type(self.model).__name__ == "GPT2LMHeadModel":
+            raise KeyboardInterrupt  # stands in for the kill: nothing after this point runs
+        return real_run(self, n)
+    monkeypatch.setattr(tt.Runner, "run", run)
+    with pytest.raises(KeyboardInterrupt):
+        tt.main(["--preset", "gpt2", *TINY, "--seq_len", "16", "--batch_size", "2", "--steps", "1", "--warmup", "1",
+                 "--rounds", "1", "--output", str(out)])
+    rows = {r["model"]: r for r in json.loads(out.read_text())["results"]}
+    assert rows["ours"]["tokens_per_s"] > 0 and rows["plain"]["tokens_per_s"] > 0
+    assert rows["transformers"] == {"model": "transformers", "class": "GPT2LMHeadModel", "error": tt.NOT_MEASURED}
+
+
 def test_train_throughput_refuses_float8_without_a_gpu(tmp_path):
     with pytest.raises(ValueError, match="--fp8 true needs a CUDA GPU of compute capability >= 8.9"):
         tt.main(["--preset", "tiny", *TINY, "--seq_len", "8", "--batch_size", "1", "--models", "ours,ours-fp8",

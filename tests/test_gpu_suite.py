@@ -1,6 +1,7 @@
 """bench/gpu_suite.py where there is no GPU: a clear refusal, a plan whose every command parses, the FSDP smoke's
 data made without a network, and no import of datasets anywhere on its path."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -148,3 +149,22 @@ def test_a_part_is_read_back_and_one_over_its_limit_times_out(tmp_path):
     assert slow["status"] == "timeout (over its 1 s)" and slow["seconds"] < 10
     failed = gpu_suite.run_part("generate", 60, [sys.executable, "-c", "raise SystemExit(3)"], 600, tmp_path, {})
     assert failed["status"] == "failed (exit 3)" and "rows" not in failed
+
+
+def test_a_part_over_its_limit_keeps_the_rows_it_wrote_and_never_an_older_file(tmp_path):
+    result = tmp_path / "gpu_bench_gpt2_x.json"
+    write_then_hang = (f"import json, time; json.dump({{'results': [{{'model': 'ours', 'class': 'GPTForCausalLM', "
+                       f"'tokens_per_s': 5.0}}], 'ratios': {{}}}}, open({str(result)!r}, 'w')); time.sleep(30)")
+    part = gpu_suite.run_part("bench_gpt2", 3, [sys.executable, "-c", write_then_hang], 600, tmp_path,
+                              {"bench_gpt2": str(result)})
+    assert part["status"] == "timeout (over its 3 s)" and part["rows"][0]["tokens_per_s"] == 5.0
+    hang = gpu_suite.run_part("bench_gpt2", 1, [sys.executable, "-c", "import time; time.sleep(30)"], 600, tmp_path,
+                              {"bench_gpt2": str(result)})  # the file is the earlier part's: not this one's rows
+    assert hang["status"] == "timeout (over its 1 s)" and "rows" not in hang
+    run = tmp_path / "trainer_gpt2"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "tokens_per_sec": 100.0 * s, "mfu": 0.1 * s}) + "\n"
+                                               for s in range(1, 5)))
+    trainer = gpu_suite.run_part("trainer_gpt2", 1, [sys.executable, "-c", "import time; time.sleep(30)"], 600, tmp_path, {})
+    assert trainer["status"] == "timeout (over its 1 s)"
+    assert trainer["tokens_per_sec"] == 350.0 and trainer["steps_timed"] == 2  # steps 3 and 4: the first two compile
