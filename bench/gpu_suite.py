@@ -5,7 +5,8 @@
 
 Parts (each a separate process under its own time limit; the limits add up to at most --budget, so that every part
 gets its whole limit however the others fare; one stopped at its limit keeps the models and trainer steps it had
-finished). 124M GPT-2 geometry, T=1024, bf16 autocast + torch.compile, the trainer's micro-loop (64 sequences x 8 micro-batches per optimizer step) on random tokens of GPT-2's vocabulary:
+finished). 124M GPT-2 geometry, T=1024, bf16 autocast + torch.compile, the trainer's micro-loop (64 sequences x 8
+micro-batches per optimizer step) on random tokens of GPT-2's vocabulary:
   trainer_gpt2     gpt-train --config configs/gpt2-124m.yaml itself: tokens/s and MFU from its log
   bench_gpt2       bench/train_throughput.py: ours vs the plain PyTorch reference vs GPT2LMHeadModel, sdpa's own
                    choice of kernel; tokens/s, MFU, peak memory per row
