@@ -1,7 +1,8 @@
 """What gpt-train's compiled training step computes, read off the graph torch.compile captures from the real trainer
-(start_up, then train_step) under bf16 mixed precision: one graph, sdpa with no mask and is_causal=True (the flash
-kernel's condition), and no float32 copy of the (B, T, V) logits among its outputs. accelerate's mixed precision
-converts every bf16 output to float32; the trainer keeps its autocast and drops that conversion.
+(start_up, then train_step) under bf16 mixed precision, for both recipes' models and optimizers: one graph, sdpa with
+no mask and is_causal=True (the flash kernel's condition), and no float32 copy of the (B, T, V) logits among its
+outputs. accelerate's mixed precision converts every bf16 output to float32; the trainer keeps its autocast and drops
+that conversion.
 """
 
 import json
@@ -43,14 +44,22 @@ print(json.dumps({"graphs": graphs, "loss": loss.item(), "norm": norm.item(), "a
 """
 
 
-@pytest.fixture(scope="module")
-def probe(mini_data, tmp_path_factory):
+RECIPES = {
+    "gpt2": ["--model_preset", "tiny"],
+    # configs/speedrun-124m.yaml's model and optimizer, two blocks of width 64
+    "speedrun": ["--config", str(REPO / "configs" / "speedrun-124m.yaml"), "--n_layer", "2", "--n_embd", "64",
+                 "--n_head", "4", "--n_inner", "172", "--hellaswag", "false", "--sample_prompts", "[]"],
+}
+
+
+@pytest.fixture(scope="module", params=list(RECIPES))
+def probe(request, mini_data, tmp_path_factory):
     out = tmp_path_factory.mktemp("graph") / "run"
     done = subprocess.run(
-        [sys.executable, "-c", PROBE, "--model_preset", "tiny", "--data_dir", str(mini_data), "--output_dir", str(out),
+        [sys.executable, "-c", PROBE, *RECIPES[request.param], "--data_dir", str(mini_data), "--output_dir", str(out),
          "--mixed_precision", "bf16", "--compile", "true", "--micro_batch_size", "2", "--seq_len", "64",
          "--total_batch_tokens", "256", "--max_steps", "1", "--eval_interval", "0", "--save_interval", "0",
-         "--tracker", "none"],
+         "--val_batches", "1", "--tracker", "none"],
         cwd=REPO, capture_output=True, text=True, timeout=300,
     )
     assert done.returncode == 0, done.stderr[-3000:]
