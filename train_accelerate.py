@@ -1022,6 +1022,12 @@ def to_float8(model: torch.nn.Module) -> torch.nn.Module:
     return convert_to_float8_training(model, module_filter_fn=float8_filter)
 
 
+def float8_note(model: torch.nn.Module) -> str:
+    """' + float8 in N linear layers' for the start-up line when --fp8 converted any, else ''."""
+    count = sum(any(cls.__name__ == "Float8Linear" for cls in type(module).__mro__) for module in model.modules())
+    return f" + float8 in {count} linear layers" if count else ""
+
+
 def prepare_output_dir(args: TrainArguments, checkpoints: CheckpointManager, metrics: MetricsLog, fresh: bool,
                        start_step: int, changes: dict):
     """Main process: clear what killed writers left, cut metrics.jsonl back to the checkpoint's step (a resumed run
@@ -1095,7 +1101,7 @@ def start_up(argv=None) -> Run:
     accelerator.print(
         f"{n_params:,} parameters | {world} process(es) x {accum} micro-step(s) x {args.micro_batch_size} x "
         f"{args.seq_len} = {args.total_batch_tokens:,} tokens/step | {accelerator.distributed_type} on {device}, "
-        f"{accelerator.mixed_precision} | steps {start_step} -> {args.max_steps}"
+        f"{accelerator.mixed_precision}{float8_note(model)} | steps {start_step} -> {args.max_steps}"
     )
     return Run(
         args=args, accelerator=accelerator, model=model,
