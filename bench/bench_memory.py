@@ -70,7 +70,7 @@ def one(args) -> dict:
         else:
             with torch.no_grad():
                 loss = model(input_ids=inputs, labels=targets, shift_labels=targets).loss
-        return float(loss)
+        return loss.item()
 
     if device.type == "cuda":
         torch.cuda.synchronize()
