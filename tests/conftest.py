@@ -1,6 +1,8 @@
 import configparser
 import os
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -9,6 +11,18 @@ import pytest
 import torch
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+# the accelerate command of this environment (the one beside its python), else the first on PATH
+ACCELERATE = shutil.which("accelerate", path=str(Path(sys.executable).parent)) or shutil.which("accelerate")
+# gpt-train refuses --fp8 on a CPU (no speed to gain), yet torchao's float8 matmuls run there (emulated): this program
+# lifts that one check, as a GPU of compute capability >= 8.9 passes it, and runs gpt-train
+FLOAT8_LAUNCH = "import train_accelerate; train_accelerate.check_fp8 = lambda device: None; train_accelerate.main()"
+
+
+def free_port() -> int:
+    """A TCP port free on this machine now, for one launch's --main_process_port."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def ctrl_c_as_on_a_terminal():

@@ -1,32 +1,25 @@
 """A real two-process `accelerate launch` run of gpt-eval gives the results of one process."""
 
 import json
-import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from conftest import ACCELERATE, free_port
+
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 pytestmark = pytest.mark.skipif(not (DATA / "gpt2-tokenizer").is_dir(), reason=f"shared data not found at {DATA}")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_processes_equal_one(model_dir, tmp_path):
-    accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent))
     args = ["-m", "eval.cli", "--model", str(model_dir), "--tasks", "hellaswag,winogrande,lambada", "--data-dir", str(DATA),
             "--limit", "5", "--batch-size", "3"]
     single = subprocess.run([sys.executable, *args, "--output", str(tmp_path / "one.json")], capture_output=True, text=True)
     assert single.returncode == 0, single.stderr[-3000:]
     # --multi_gpu on a machine without GPUs runs 2 real processes; gpt-eval then uses gloo (MULTI_CPU)
-    launch = [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+    launch = [ACCELERATE, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
               "--dynamo_backend", "no", "--main_process_port", str(free_port())]
     two = subprocess.run([*launch, *args, "--output", str(tmp_path / "two.json")], capture_output=True, text=True)
     assert two.returncode == 0, two.stderr[-3000:]

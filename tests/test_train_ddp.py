@@ -1,7 +1,5 @@
 """Distributed equivalence: 2 processes (DDP over gloo) x 1 micro-step == 1 process x 2 micro-steps."""
 
-import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -10,12 +8,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from conftest import ACCELERATE, free_port
 from train_accelerate import MetricsLog
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 MINI = SHARED / "fineweb-edu-mini"
-ACCELERATE = shutil.which("accelerate", path=str(Path(sys.executable).parent)) or shutil.which("accelerate")
 
 RECIPE = """\
 model_preset: tiny
@@ -35,12 +33,6 @@ save_interval: 0
 mixed_precision: "no"
 tracker: none
 """
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
