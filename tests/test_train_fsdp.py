@@ -1,71 +1,20 @@
 """FSDP2 through the shipped configs/accelerate/fsdp.yaml, on 2 CPU processes over gloo: the same losses as DDP, a
-sharded checkpoint that resumes exactly after SIGKILL, and a final export that is one ordinary Hugging Face folder."""
+sharded checkpoint that resumes exactly after SIGKILL, and a final export that is one ordinary Hugging Face folder.
+Muon and --fp8 under FSDP2: test_train_fsdp_recipes.py."""
 
 import json
 import re
-import shutil
 import signal
-import socket
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 import psutil
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from train_accelerate import MetricsLog
-
-REPO = Path(__file__).resolve().parents[1]
-ACCELERATE = shutil.which("accelerate", path=str(Path(sys.executable).parent)) or shutil.which("accelerate")
-STEPS, SAVE_AT = 30, 10
-
-RECIPE = f"""\
-model_preset: tiny
-micro_batch_size: 4
-seq_len: 64
-total_batch_tokens: 512
-max_steps: {STEPS}
-learning_rate: 3.0e-3
-warmup_steps: 2
-eval_interval: {SAVE_AT}
-val_batches: 2
-sample_prompts: ["The"]
-sample_max_new_tokens: 4
-log_interval: 1
-save_interval: {SAVE_AT}
-keep_last_k: 0
-tracker: none
-"""
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def command(root, out, *launch_args):
-    # mixed precision "no": the comparison with DDP is about sharding, not rounding
-    return [ACCELERATE, "launch", *launch_args, "--num_processes", "2", "--mixed_precision", "no",
-            "--main_process_port", str(free_port()), str(REPO / "train_accelerate.py"), "--config", str(root / "recipe.yaml"),
-            "--data_dir", str(root / "data"), "--output_dir", str(root / out)]
-
-
-def fsdp(root, out, *extra):
-    return command(root, out, "--config_file", str(REPO / "configs" / "accelerate" / "fsdp.yaml")) + list(extra)
-
-
-def run(cmd):
-    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return done
-
-
-def metrics(folder):
-    return MetricsLog(folder / "metrics.jsonl").read()
+from conftest import ACCELERATE
+from fsdp_runs import RECIPE, REPO, SAVE_AT, STEPS, command, fsdp, metrics, run
 
 
 @pytest.fixture(scope="module")
@@ -146,27 +95,3 @@ def test_fsdp_export_is_an_ordinary_hugging_face_folder(root):
     assert "lm_head.weight" not in load_file(final / "model.safetensors")  # tied to the embedding, stored once
     model = AutoModelForCausalLM.from_pretrained(final)
     assert type(model) is GPTForCausalLM and model.lm_head.weight is model.transformer.wte.weight
-
-
-@pytest.mark.slow
-def test_muon_under_fsdp_follows_ddp_and_resumes_exactly(tmp_path, mini_data, assert_same_run):
-    """Two optimizers on one FSDP model (Muon and AdamW): checkpointed and resumed like one."""
-    if ACCELERATE is None:
-        pytest.skip("the accelerate command is not installed")
-    (tmp_path / "data").symlink_to(mini_data)
-    steps = 6
-    (tmp_path / "recipe.yaml").write_text(RECIPE.replace(f"max_steps: {STEPS}", f"max_steps: {steps}")
-                                          .replace(f"save_interval: {SAVE_AT}", "save_interval: 3")
-                                          .replace(f"eval_interval: {SAVE_AT}", "eval_interval: 3")
-                                          + "optimizer: muon\n")
-    run(command(tmp_path, "ddp", "--multi_gpu", "--num_machines", "1", "--dynamo_backend", "no"))
-    run(fsdp(tmp_path, "fsdp"))
-    ddp, sharded = metrics(tmp_path / "ddp"), metrics(tmp_path / "fsdp")
-    # Muon's Newton-Schulz runs in bfloat16: reduce-scatter vs all-reduce rounding shows at ~1e-5 in the losses
-    torch.testing.assert_close(torch.tensor([r["loss"] for r in sharded]), torch.tensor([r["loss"] for r in ddp]),
-                               rtol=1e-4, atol=1e-4)
-    assert sorted(p.name for p in (tmp_path / "fsdp" / "checkpoints" / "step_0000003").glob("optimizer_*")) == [
-        "optimizer_0", "optimizer_1"]
-    shutil.copytree(tmp_path / "fsdp", tmp_path / "resumed", ignore=shutil.ignore_patterns("final", "step_0000006"))
-    run(fsdp(tmp_path, "resumed", "--resume_from_checkpoint", "latest"))
-    assert_same_run(tmp_path / "fsdp", tmp_path / "resumed", steps)
