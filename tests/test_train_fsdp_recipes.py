@@ -55,7 +55,7 @@ def test_float8_under_fsdp_follows_the_run_without_it_resumes_exactly_and_export
     run(fsdp(tmp_path, "resumed", "--fp8", "true", "--resume_from_checkpoint", "latest", script=launcher))
     assert_same_run(tmp_path / "fp8", tmp_path / "resumed", steps)
 
-    want, have = (load_file(tmp_path / run / "final" / "model.safetensors") for run in ("plain", "fp8"))
+    want, have = (load_file(tmp_path / name / "final" / "model.safetensors") for name in ("plain", "fp8"))
     assert {k: (v.shape, v.dtype) for k, v in have.items()} == {k: (v.shape, v.dtype) for k, v in want.items()}
     exported = AutoModelForCausalLM.from_pretrained(tmp_path / "fp8" / "final")
     assert not any("Float8" in type(m).__name__ for m in exported.modules())
